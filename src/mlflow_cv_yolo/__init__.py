@@ -1,0 +1,1 @@
+"""A YOLOv8 experiment grid run as pytest tests, tracked in MLflow."""

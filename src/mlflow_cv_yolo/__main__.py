@@ -1,0 +1,3 @@
+from mlflow_cv_yolo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The experiment grid: one YAML file, command-line overrides, expansion into runs."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+class GridError(ValueError):
+    """A grid file or override that cannot be used; the message names the key."""
+
+
+def _positive_int(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number < 1:
+        raise GridError(f"{key}={value}: must be an integer >= 1")
+    return number
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise GridError(f"{key}={value}: must be an integer")
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise GridError(f"{key}={value}: must be an integer") from None
+    return number
+
+
+def _imgsz(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number < 32 or number % 32:
+        raise GridError(f"{key}={value}: must be a positive multiple of 32 (the YOLO stride)")
+    return number
+
+
+def _lr(key: str, value: Any) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise GridError(f"{key}={value}: must be a number") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise GridError(f"{key}={value}: must be a finite number > 0")
+    return number
+
+
+def _seed(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number < 0:
+        raise GridError(f"{key}={value}: must be an integer >= 0")
+    return number
+
+
+# "auto" is refused: ultralytics then picks the optimizer and its own learning
+# rate, so lr0 would silently have no effect (the seed project's no-op grid).
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "RMSProp")
+
+
+def _optimizer(key: str, value: Any) -> str:
+    name = str(value)
+    if name not in OPTIMIZERS:
+        raise GridError(f"{key}={value}: must be one of {', '.join(OPTIMIZERS)} ('auto' ignores lr0)")
+    return name
+
+
+def _model(key: str, value: Any) -> str:
+    name = str(value).strip()
+    if not name.endswith((".pt", ".yaml")):
+        raise GridError(f"{key}={value}: must be a .pt weights file or a .yaml model definition")
+    return name
+
+
+FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "model": _model,
+    "optimizer": _optimizer,
+    "epochs": _positive_int,
+    "batch": _positive_int,
+    "imgsz": _imgsz,
+    "lr0": _lr,
+    "seed": _seed,
+}
+# Axes in the order they appear in a run id; fixed keys never appear there.
+ID_ORDER = ("model", "optimizer", "epochs", "batch", "imgsz", "lr0", "seed")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One grid point: the values for every field, plus the id built from the axes that vary."""
+
+    id: str
+    values: dict[str, Any]
+    # The id without the seed: runs that differ only by seed share it.
+    config_id: str
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _format(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_override(text: str) -> tuple[str, list[str]]:
+    """`KEY=V1,V2` -> (KEY, [V1, V2]); the values are checked later, with the grid."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not raw.strip():
+        raise GridError(f"--set {text}: expected KEY=VALUE[,VALUE...]")
+    return key, [v.strip() for v in raw.split(",")]
+
+
+def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[str, list[Any]]:
+    """Read the grid file, apply overrides and check every value. Returns key -> levels."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise GridError(f"grid file {path}: not found") from None
+    except yaml.YAMLError as exc:
+        raise GridError(f"grid file {path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"grid file {path}: expected a mapping of keys to values")
+
+    levels: dict[str, list[Any]] = {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            raise GridError(f"grid file {path}: unknown key {key!r} (allowed: {', '.join(FIELDS)})")
+        levels[key] = value if isinstance(value, list) else [value]
+    for key, values in overrides:
+        if key not in FIELDS:
+            raise GridError(f"--set {key}: unknown key (allowed: {', '.join(FIELDS)})")
+        levels[key] = values
+
+    missing = [k for k in FIELDS if k not in levels]
+    if missing:
+        raise GridError(f"grid file {path}: missing keys {', '.join(missing)}")
+    checked = {}
+    for key, values in levels.items():
+        if not values:
+            raise GridError(f"{key}: needs at least one value")
+        parsed = [FIELDS[key](key, v) for v in values]
+        checked[key] = list(dict.fromkeys(parsed))
+    return checked
+
+
+def expand(levels: dict[str, list[Any]]) -> list[RunConfig]:
+    """Every combination of the levels, with ids like `imgsz416-lr0.01-seed42`."""
+    keys = [k for k in ID_ORDER if k in levels]
+    varying = [k for k in keys if len(levels[k]) > 1]
+    runs = []
+    for combo in itertools.product(*(levels[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        label = {k: f"{k}{_format(values[k])}" for k in varying}
+        run_id = "-".join(label.values()) or "base"
+        config_id = "-".join(v for k, v in label.items() if k != "seed") or "base"
+        runs.append(RunConfig(id=run_id, values=values, config_id=config_id))
+    return runs
