@@ -1,0 +1,64 @@
+"""The `mlflow server` process: tracking and registry on a SQL store, artifacts
+proxied by the server (clients need no S3 credentials), on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from .process import ServiceError, ServiceProcess, free_port, port_in_use
+
+
+def health(url: str, timeout: float = 2.0) -> bool:
+    with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+        return response.status == 200
+
+
+class MLflowServer:
+    def __init__(self, workdir: Path, *, backend_uri: str, artifacts_destination: str,
+                 env: dict[str, str] | None = None, port: int | None = None,
+                 log: Callable[[str], None] = print):
+        self.workdir = Path(workdir)
+        self.backend_uri = backend_uri
+        self.artifacts_destination = artifacts_destination
+        self.env = env or {}
+        self.port = port
+        self.log = log
+        self.process: ServiceProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> str:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = ServiceProcess("mlflow", [], self.workdir, env=self.env, log=self.log)
+        self.process.reap_leftover()
+        self.port = self.port or free_port()
+        if port_in_use(self.port):
+            raise ServiceError(f"mlflow: port {self.port} on 127.0.0.1 is already taken")
+        mlflow = Path(sys.executable).with_name("mlflow")
+        # The host-check security middleware stays on: binding 127.0.0.1 lets only
+        # localhost Host headers in, which is what every client here sends.
+        self.process.argv = [
+            str(mlflow) if mlflow.exists() else "mlflow", "server",
+            "--backend-store-uri", self.backend_uri,
+            "--artifacts-destination", self.artifacts_destination,
+            "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        self.process.start()
+        self.process.wait_ready(lambda: health(self.url), timeout=timeout)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def require_reachable(url: str) -> None:
+    """For an external server: one clear line when nothing answers at `url`."""
+    try:
+        health(url, timeout=5)
+    except Exception as exc:
+        raise ServiceError(f"MLFLOW_TRACKING_URI={url}: no MLflow server answers at {url}/health ({exc})") from None

@@ -1,0 +1,138 @@
+"""A throwaway MariaDB/MySQL server started from the server binary, with its own
+data directory, on 127.0.0.1 and a free port: MLflow's metadata store for
+`--stack local`. It never touches a server already running on the machine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pymysql
+
+from .process import ServiceError, ServiceProcess, free_port, port_in_use
+
+SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/mysql/bin")
+
+
+def find_server_binary() -> str | None:
+    """mariadbd or mysqld, on PATH or in the sbin folders a package puts it in."""
+    for name in ("mariadbd", "mysqld"):
+        found = shutil.which(name) or next(
+            (str(Path(d) / name) for d in SEARCH_DIRS if (Path(d) / name).exists()), None)
+        if found:
+            return found
+    return None
+
+
+@dataclass(frozen=True)
+class MySQLEndpoint:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @property
+    def sqlalchemy_uri(self) -> str:
+        return f"mysql+pymysql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+
+    def connect(self, **kwargs) -> pymysql.connections.Connection:
+        return pymysql.connect(host=self.host, port=self.port, user=self.user, password=self.password,
+                               database=self.database, connect_timeout=5, **kwargs)
+
+
+class MySQLServer:
+    """`start()` initialises the data directory on first use, starts the server and
+    creates the database and user; data survives `stop()` for the next session."""
+
+    def __init__(self, workdir: Path, *, user: str, password: str, database: str = "mlflow",
+                 port: int | None = None, binary: str | None = None, log: Callable[[str], None] = print):
+        self.workdir = Path(workdir)
+        self.datadir = self.workdir / "data"
+        self.socket = self.workdir / "mysqld.sock"
+        self.binary = binary or find_server_binary()
+        self.port = port
+        self.user, self.password, self.database = user, password, database
+        self.log = log
+        self.process: ServiceProcess | None = None
+
+    @property
+    def endpoint(self) -> MySQLEndpoint:
+        return MySQLEndpoint("127.0.0.1", self.port, self.user, self.password, self.database)
+
+    def _install_db(self) -> None:
+        if (self.datadir / "mysql").is_dir():
+            return
+        installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+        if installer is None:
+            raise ServiceError("mysql: mariadb-install-db not found next to the server binary "
+                               "(install the mariadb-server package)")
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [installer, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
+             "--skip-test-db", "--user=root", "--skip-name-resolve"],
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            raise ServiceError(f"mysql: {installer} failed ({result.returncode}):\n{result.stdout[-2000:]}"
+                               f"{result.stderr[-2000:]}")
+
+    def start(self) -> MySQLEndpoint:
+        if self.binary is None:
+            raise ServiceError("mysql: no mariadbd or mysqld binary on PATH or in /usr/sbin; "
+                               "install mariadb-server or use --stack embedded")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = ServiceProcess("mysql", [], self.workdir, log=self.log)
+        self.process.reap_leftover()  # before choosing a port: the leftover may hold it
+        self.port = self.port or free_port()
+        if port_in_use(self.port):
+            raise ServiceError(f"mysql: port {self.port} on 127.0.0.1 is already taken")
+        self._install_db()
+        self.process.argv = [
+            self.binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
+            "--bind-address=127.0.0.1", f"--socket={self.socket}", f"--pid-file={self.workdir / 'mysqld.pid'}",
+            "--user=root", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
+            "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"]
+        self.process.start()
+        self.process.wait_ready(self._ping_root, timeout=60)
+        self._create_database()
+        return self.endpoint
+
+    def _root(self) -> pymysql.connections.Connection:
+        return pymysql.connect(unix_socket=str(self.socket), user="root", password="", connect_timeout=2)
+
+    def _ping_root(self) -> bool:
+        self._root().close()
+        return True
+
+    def _create_database(self) -> None:
+        conn = self._root()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+                # The password is new for every stack; ALTER keeps a kept datadir in step.
+                for host in ("127.0.0.1", "localhost"):
+                    cur.execute(f"CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
+                    cur.execute(f"ALTER USER %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
+                    cur.execute(f"GRANT ALL ON `{self.database}`.* TO %s@%s", (self.user, host))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def reset_database(self) -> None:
+        """Drop and recreate the database (used after an interrupted first migration)."""
+        conn = self._root()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+                cur.execute(f"CREATE DATABASE `{self.database}`")
+            conn.commit()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
