@@ -85,6 +85,8 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
 }
 # Axes in the order they appear in a run id; fixed keys never appear there.
 ID_ORDER = ("model", "optimizer", "epochs", "batch", "imgsz", "lr0", "seed")
+# lr0=0.01 reads "lr0.01" in an id, not "lr00.01".
+ID_PREFIX = {"lr0": "lr"}
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def expand(levels: dict[str, list[Any]]) -> list[RunConfig]:
     runs = []
     for combo in itertools.product(*(levels[k] for k in keys)):
         values = dict(zip(keys, combo))
-        label = {k: f"{k}{_format(values[k])}" for k in varying}
+        label = {k: f"{ID_PREFIX.get(k, k)}{_format(values[k])}" for k in varying}
         run_id = "-".join(label.values()) or "base"
         config_id = "-".join(v for k, v in label.items() if k != "seed") or "base"
         runs.append(RunConfig(id=run_id, values=values, config_id=config_id))
