@@ -1,0 +1,1 @@
+pytest_plugins = ("fixtures.options", "fixtures.stack", "fixtures.grid", "fixtures.promotion")

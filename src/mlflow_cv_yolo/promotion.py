@@ -1,0 +1,205 @@
+"""Compare a session's runs, check the promotion criteria, and move a registry
+alias to the winner. Selection uses val only; the held-out test split is
+evaluated once, for the chosen candidate (and the champion), and reported."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from . import ranking
+from .ranking import RunRecord
+from .tracking import logged_models
+from .training import evaluate
+
+
+@dataclass(frozen=True)
+class Criteria:
+    min_map: float            # for runs that started from pretrained weights
+    min_map_scratch: float    # for runs trained from scratch (no pretrained weights available)
+    min_improvement: float    # over the production champion, on val mAP50-95
+
+
+@dataclass
+class Criterion:
+    name: str
+    threshold: float | None
+    value: float | None
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class Decision:
+    outcome: str                 # "promoted", "rejected" or "skipped"
+    reason: str
+    session: str
+    candidate: str | None = None
+    candidate_run_id: str | None = None
+    criteria: list[Criterion] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    champion: dict | None = None
+    noise: str = ""
+    registered_model: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    dataset_digest: str | None = None
+    table: list[dict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Criterion]:
+        return [c for c in self.criteria if not c.passed]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        lines = [f"# Promotion decision — session {self.session}", "",
+                 f"**Outcome: {self.outcome}.** {self.reason}", ""]
+        if self.candidate:
+            lines += [f"Candidate: `{self.candidate}` (run `{self.candidate_run_id}`)", ""]
+            if self.version:
+                lines += [f"Registered as `{self.registered_model}` version {self.version}, alias `{self.alias}`.", ""]
+        if self.dataset_digest:
+            lines += [f"Dataset digest (DVC): `{self.dataset_digest}`", ""]
+        lines += ["| criterion | threshold | value | outcome | note |", "|---|---|---|---|---|"]
+        lines += [f"| {c.name} | {_fmt(c.threshold)} | {_fmt(c.value)} | {'pass' if c.passed else 'FAIL'} | {c.note} |"
+                  for c in self.criteria]
+        if self.metrics:
+            lines += ["", "Candidate metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(self.metrics.items()))]
+        if self.params:
+            lines += ["", "Candidate params: " + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())
+                                                           if not k.startswith("version."))]
+        if self.champion:
+            lines += ["", "Champion: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in self.champion.items())]
+        if self.noise:
+            lines += ["", f"Seed noise: {self.noise}"]
+        if self.table:
+            keys = list(self.table[0])
+            lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            lines += ["| " + " | ".join(_fmt(row.get(k)) for k in keys) + " |" for row in self.table]
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        md, js = folder / "decision.md", folder / "decision.json"
+        md.write_text(self.markdown())
+        js.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        return md, js
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "—" if value is None else str(value)
+
+
+def failure_line(decision: Decision) -> str:
+    """One line for the CI log: which criterion failed and by how much."""
+    parts = []
+    for c in decision.failed:
+        if c.value is not None and c.threshold is not None:
+            parts.append(f"{c.name} = {c.value:.4f}, needs >= {c.threshold:.4f} (short by {c.threshold - c.value:.4f})"
+                         if c.name != "improvement over champion" else
+                         f"{c.name} = {c.value:+.4f}, needs > {c.threshold:.4f}")
+        else:
+            parts.append(f"{c.name}: {c.note}")
+    return "promotion gate FAILED: " + "; ".join(parts)
+
+
+def _weights_from_run(client: MlflowClient, run_id: str, into: Path) -> Path:
+    return Path(client.download_artifacts(run_id, "weights/best.pt", str(into)))
+
+
+def _champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, "production")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteria: Criteria, pretrained: bool,
+           registered_model: str, data: Path, workdir: Path, log: Callable[[str], None] = print) -> Decision:
+    """Rank, evaluate the candidate (and any champion) on val and test, check criteria."""
+    ranked = ranking.rank_configs(runs)
+    candidate = ranking.choose_candidate(ranked)
+    finished = sum(len(c.runs) for c in ranked)
+    decision = Decision("rejected", "", session, table=ranking.runs_table(runs), noise=ranking.seed_noise(ranked).sentence)
+    decision.criteria.append(Criterion("finished runs", 1, float(finished), finished >= 1,
+                                       f"{len(runs) - finished} of {len(runs)} runs failed or logged no mAP"
+                                       if finished < len(runs) else ""))
+    if candidate is None:
+        decision.reason = "no run finished with a finite mAP50-95: nothing to promote"
+        return decision
+
+    decision.candidate, decision.candidate_run_id = candidate.name, candidate.run_id
+    decision.params = candidate.params
+    threshold, why = ((criteria.min_map, "min_map: runs started from pretrained weights") if pretrained else
+                      (criteria.min_map_scratch, "min_map_scratch: pretrained weights unavailable, "
+                                                 "runs trained from scratch cannot reach min_map "
+                                                 f"({criteria.min_map})"))
+    best = candidate.metrics[ranking.METRIC]
+    decision.criteria.append(Criterion("best mAP50-95 (val)", threshold, best, best >= threshold, why))
+
+    work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
+    imgsz = int(candidate.params.get("imgsz", 320))
+    weights = _weights_from_run(client, candidate.run_id, work / "candidate")
+    val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val")
+    test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test")
+    client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
+    client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
+    decision.metrics = {**{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
+                        **{f"test/{k}": v for k, v in test.items()}}
+
+    champion = _champion(client, registered_model)
+    if champion is None:
+        decision.criteria.append(Criterion("improvement over champion", criteria.min_improvement, None, True,
+                                           "no version holds `production`: the absolute threshold alone decides"))
+    else:
+        source = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}@production",
+                                                          dst_path=str(work / "champion")))
+        champ_weights = next(source.rglob("best.pt"))
+        champ_imgsz = int(client.get_run(champion.run_id).data.params.get("imgsz", imgsz)) if champion.run_id else imgsz
+        champ_val = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val")
+        champ_test = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work,
+                              name="champion-test")
+        decision.champion = {"version": champion.version, "run_id": champion.run_id,
+                             "val/mAP50-95": champ_val["mAP50-95"], "test/mAP50-95": champ_test["mAP50-95"],
+                             "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"]}
+        gain = val["mAP50-95"] - champ_val["mAP50-95"]
+        decision.criteria.append(Criterion(
+            "improvement over champion", criteria.min_improvement, gain, gain > criteria.min_improvement,
+            f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val"))
+
+    if decision.failed:
+        decision.reason = "; ".join(f"{c.name} failed" for c in decision.failed) + ": nothing registered"
+    else:
+        decision.outcome = "promoted"
+        decision.reason = f"{candidate.name} passed every criterion"
+    return decision
+
+
+def promote(client: MlflowClient, decision: Decision, *, registered_model: str, alias: str,
+            tags: dict[str, str]) -> None:
+    """Register the candidate's logged model and point `alias` at the new version."""
+    (model,) = logged_models(client, decision.candidate_run_id)
+    version = mlflow.register_model(f"models:/{model.model_id}", registered_model)
+    client.set_registered_model_alias(registered_model, alias, version.version)
+    client.set_model_version_tag(registered_model, version.version, "stage", alias)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model, version.version, key, value)
+    held = client.get_model_version_by_alias(registered_model, alias)
+    if held.version != version.version:
+        raise RuntimeError(f"alias {alias} of {registered_model} points at v{held.version}, not v{version.version}")
+    decision.registered_model, decision.version, decision.alias = registered_model, version.version, alias
+    client.update_model_version(registered_model, version.version, description=decision.markdown())

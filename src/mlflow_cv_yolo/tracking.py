@@ -1,0 +1,115 @@
+"""What a grid run records in MLflow, and reading a session's runs back.
+
+Failure policy, the same for every call here: a tracking call that fails raises,
+and the run it belongs to fails. A run whose records are incomplete is not an
+experiment result, so nothing is retried or swallowed."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from .detector import YoloDetector, encode_images, signature
+from .ranking import RunRecord
+from .training import PLOTS, TrainResult
+
+# ultralytics' metric keys -> the stable names runs are compared by.
+METRIC_NAMES = {
+    "metrics/mAP50-95(B)": "mAP50-95",
+    "metrics/mAP50(B)": "mAP50",
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+    "val/box_loss": "val/box_loss",
+    "val/cls_loss": "val/cls_loss",
+    "val/dfl_loss": "val/dfl_loss",
+}
+FINAL = ("mAP50-95", "mAP50", "precision", "recall")
+TAG_SESSION = "suite.session"
+TAG_KIND = "suite.kind"  # "grid" for a configuration's run, "session" for the parent
+
+
+def rename(metrics: dict[str, float]) -> dict[str, float]:
+    return {METRIC_NAMES[k]: float(v) for k, v in metrics.items() if k in METRIC_NAMES}
+
+
+class EpochLogger:
+    """ultralytics callbacks that log every epoch to an MLflow run, step = epoch (1-based)."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self._epoch_done = False
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self._epoch_done = True
+
+    def on_fit_epoch_end(self, trainer) -> None:
+        # ultralytics fires this event once more after training, for best.pt's
+        # final validation; only a finished training epoch is an epoch.
+        if not self._epoch_done:
+            return
+        self._epoch_done = False
+        values = {**rename(trainer.metrics), **trainer.label_loss_items(trainer.tloss, prefix="train"),
+                  **trainer.lr}
+        now = int(time.time() * 1000)
+        step = trainer.epoch + 1
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    @property
+    def callbacks(self) -> dict:
+        return {"on_train_epoch_end": self.on_train_epoch_end, "on_fit_epoch_end": self.on_fit_epoch_end}
+
+
+def log_results(result: TrainResult, *, example_image: Path, imgsz: int, pip_requirements: list[str]) -> None:
+    """Best-weights metrics, ultralytics' files, and the loadable model, on the active run."""
+    best = rename(result.best_metrics)
+    mlflow.log_metrics({f"best/{k}": best[k] for k in FINAL if k in best})
+    for name in ("results.csv", "args.yaml"):
+        mlflow.log_artifact(str(result.save_dir / name))
+    for name in PLOTS:
+        if (result.save_dir / name).exists():
+            mlflow.log_artifact(str(result.save_dir / name), artifact_path="plots")
+    mlflow.log_artifact(str(result.best), artifact_path="weights")
+    mlflow.log_artifact(str(result.last), artifact_path="weights")
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=YoloDetector(),
+        artifacts={"weights": str(result.best)},
+        # The wrapper's package travels with the model, so it loads where only
+        # ultralytics and mlflow are installed.
+        code_paths=[str(Path(__file__).parent)],
+        signature=signature(imgsz),
+        input_example=(encode_images([example_image]), {"conf": 0.25, "imgsz": imgsz}),
+        pip_requirements=pip_requirements,
+    )
+
+
+def logged_models(client: MlflowClient, run_id: str) -> list:
+    """MLflow 3 keeps logged models beside the run's artifacts, as LoggedModel entities."""
+    run = client.get_run(run_id)
+    return list(client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"))
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run_id=run.info.run_id, name=run.info.run_name, config_id=run.data.tags.get("suite.config", ""),
+                     status=run.info.status, start_time=run.info.start_time, params=dict(run.data.params),
+                     metrics=dict(run.data.metrics))
+
+
+def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> list[RunRecord]:
+    """The grid runs of one session, read back from the tracking server."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_SESSION}` = '{session_id}' and tags.`{TAG_KIND}` = 'grid'",
+        max_results=1000, order_by=["attributes.start_time ASC"])
+    return [_record(r) for r in runs]
+
+
+def histories(client: MlflowClient, runs: list[RunRecord], names: tuple[str, ...]) -> dict[str, dict]:
+    """run_id -> metric -> [(step, value)], for the report's curves."""
+    return {r.run_id: {n: [(m.step, m.value) for m in client.get_metric_history(r.run_id, n)
+                           if math.isfinite(m.value)] for n in names} for r in runs}
