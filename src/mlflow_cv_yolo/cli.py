@@ -1,0 +1,61 @@
+"""`python -m mlflow_cv_yolo` (or `cv-yolo`): one subcommand, one small function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _dataset_build(args: argparse.Namespace) -> int:
+    from .dataset import DatasetError, build_dataset
+
+    try:
+        build_dataset(args.source, args.out, args.yaml, counts=(args.train, args.val, args.test),
+                      imgsz=args.imgsz, seed=args.seed, cache_dir=args.cache_dir)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_dataset(commands: argparse._SubParsersAction) -> None:
+    dataset = commands.add_parser("dataset", help="build the tiny COCO person dataset")
+    actions = dataset.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = actions.add_parser("build", help="build data/tiny_coco and its yaml from a source",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build.add_argument("--source", default="auto",
+                       help="auto (COCO128 if cached or downloadable, else synthetic), coco128, synthetic, "
+                            "or a path to a YOLO-format folder or zip; explicit sources never fall back")
+    build.add_argument("--out", type=Path, default=Path("data/tiny_coco"), help="dataset folder to write")
+    build.add_argument("--yaml", type=Path, default=Path("data/tiny_coco.yaml"), help="dataset yaml to write")
+    build.add_argument("--train", type=_count, default=40, help="train images")
+    build.add_argument("--val", type=_count, default=10, help="validation images")
+    build.add_argument("--test", type=_count, default=10, help="test images")
+    build.add_argument("--imgsz", type=_count, default=320, help="side of the square images written, pixels")
+    build.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic set)")
+    build.add_argument("--cache-dir", type=Path, default=Path("data/.cache"), help="where coco128.zip is cached")
+    build.set_defaults(func=_dataset_build)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mlflow_cv_yolo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_dataset(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
