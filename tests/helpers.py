@@ -1,0 +1,24 @@
+"""Running the experiment suite as a user does, from the project's own tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The smallest real grid: one epoch at 64 px, trained from scratch.
+MICRO = ("--set", "epochs=1", "--set", "imgsz=64", "--set", "lr0=0.01", "--set", "seed=1", "--set", "batch=8")
+
+
+def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m pytest experiments ARGS` from the repo root, as a user runs it,
+    with every folder the session writes moved under tmp_path."""
+    command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider",
+               "--reports-dir", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "runs"), *args]
+    if not any(a.startswith("--stack-dir") or a == "--fresh-stack" for a in args):
+        command += ["--stack-dir", str(tmp_path / "stack")]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_"))}
+    full_env.update(env or {})
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,191 @@
+"""The stack providers against real processes: MariaDB, an S3 server, mlflow server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_cv_yolo.stack import ServiceError, choose
+from mlflow_cv_yolo.stack.mysql import MySQLServer
+from mlflow_cv_yolo.stack.process import ServiceProcess
+from mlflow_cv_yolo.stack.providers import EmbeddedStack, ExternalStack, LocalStack, docker_engine_answers
+
+from helpers import MICRO, run_suite
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pid_groups(state: Path) -> list[int]:
+    return [int(p.read_text().split()[0]) for p in state.rglob("*.pid") if p.name != "mysqld.pid"]
+
+
+def test_local_stack_records_in_mysql_and_s3(local_stack):
+    """A run logged through the server lands as rows in MySQL and objects in the bucket;
+    clients need no S3 credentials (the server proxies artifacts)."""
+    client = MlflowClient(local_stack.tracking_uri)
+    experiment_id = client.create_experiment(f"stack-{time.time_ns()}")
+    run = client.create_run(experiment_id, run_name="probe")
+    client.log_param(run.info.run_id, "answer", "42")
+    client.log_metric(run.info.run_id, "score", 0.5, step=3)
+    mlflow.set_tracking_uri(local_stack.tracking_uri)
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_text("hello", "notes/hello.txt")
+
+    conn = local_stack.mysql.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT name, status FROM runs WHERE run_uuid = %s", (run.info.run_id,))
+        assert cur.fetchone() == ("probe", "FINISHED")
+        cur.execute("SELECT value FROM params WHERE run_uuid = %s AND `key` = 'answer'", (run.info.run_id,))
+        assert cur.fetchone() == ("42",)
+        cur.execute("SELECT step, value FROM metrics WHERE run_uuid = %s AND `key` = 'score'", (run.info.run_id,))
+        assert cur.fetchone() == (3, 0.5)
+    conn.close()
+
+    keys = [o["Key"] for o in local_stack.s3.client().list_objects_v2(Bucket=local_stack.s3.bucket)["Contents"]]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/notes/hello.txt") for k in keys), keys
+    env_without_s3 = {k: os.environ.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ}
+    try:
+        assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes/hello.txt") == "hello"
+    finally:
+        os.environ.update(env_without_s3)
+
+
+def test_secrets_stay_out_of_endpoints(local_stack):
+    shown = " ".join(local_stack.endpoints.values())
+    assert local_stack.mysql.password not in shown and local_stack.s3.secret_key not in shown
+    assert local_stack.tracking_uri.startswith("http://127.0.0.1:")
+
+
+def test_embedded_stack_keeps_runs_across_restarts(tmp_path):
+    with EmbeddedStack(tmp_path, log=lambda _: None) as info:
+        client = MlflowClient(info.tracking_uri)
+        run_id = client.create_run(client.create_experiment("keep")).info.run_id
+    groups = pid_groups(tmp_path)
+    assert groups == []  # pid files removed on stop
+    with EmbeddedStack(tmp_path, log=lambda _: None) as info:
+        assert MlflowClient(info.tracking_uri).get_run(run_id).info.run_id == run_id
+
+
+def test_local_stack_restart_keeps_runs_and_artifacts(tmp_path):
+    with LocalStack(tmp_path, log=lambda _: None) as info:
+        mlflow.set_tracking_uri(info.tracking_uri)
+        mlflow.set_experiment("keep")
+        with mlflow.start_run() as run:
+            mlflow.log_text("kept", "kept.txt")
+    with LocalStack(tmp_path, log=lambda _: None) as info:
+        mlflow.set_tracking_uri(info.tracking_uri)
+        assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/kept.txt") == "kept"
+
+
+def test_leftover_from_killed_session_is_stopped(tmp_path):
+    """A service whose session died without teardown (SIGKILL) is found by its pid
+    file and stopped by the next start."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    session = ("import sys; from pathlib import Path; from mlflow_cv_yolo.stack.process import ServiceProcess; "
+               f"ServiceProcess('sleeper', {sleeper!r}, Path({str(tmp_path)!r})).start()")
+    subprocess.run([sys.executable, "-c", session], check=True)  # exits, leaving the service behind
+    orphan = int((tmp_path / "sleeper.pid").read_text().split()[0])
+    assert group_alive(orphan)
+    lines = []
+    successor = ServiceProcess("sleeper", sleeper, tmp_path, log=lines.append)
+    successor.start()
+    try:
+        assert not group_alive(orphan)
+        assert lines == [f"sleeper: stopping process group {orphan} left by an earlier session"]
+    finally:
+        successor.stop()
+
+
+def test_mysql_port_taken_gives_one_clear_line(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = MySQLServer(tmp_path, user="u", password="p", port=port, log=lambda _: None)
+        with pytest.raises(ServiceError, match=f"mysql: port {port} on 127.0.0.1 is already taken"):
+            server.start()
+
+
+def test_missing_mysql_binary_is_named(tmp_path):
+    server = MySQLServer(tmp_path, user="u", password="p", binary=None, log=lambda _: None)
+    server.binary = None
+    with pytest.raises(ServiceError, match="no mariadbd or mysqld binary"):
+        server.start()
+
+
+def test_service_that_dies_reports_its_log(tmp_path):
+    proc = ServiceProcess("broken", [sys.executable, "-c", "print('bad config: nope'); raise SystemExit(3)"], tmp_path)
+    proc.start()
+    with pytest.raises(ServiceError, match="broken exited with status 3") as err:
+        proc.wait_ready(lambda: False, timeout=10)
+    assert "bad config: nope" in str(err.value)
+
+
+def test_external_stack_unreachable_is_one_line(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ServiceError, match=f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}: no MLflow server"):
+        ExternalStack(tmp_path, url=f"http://127.0.0.1:{port}").start()
+
+
+def test_auto_prefers_external_then_docker_then_local(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert choose("auto") == ("external", "MLFLOW_TRACKING_URI is set")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    kind, reason = choose("auto")
+    if docker_engine_answers() is None:
+        assert kind == "docker"
+    else:
+        assert kind == "local" and "no Docker engine answers" in reason and "mariadbd" in reason
+
+
+def test_suite_on_local_stack_leaves_no_process(tmp_path, data_yaml):
+    """`--stack local` end to end: the session starts MariaDB, S3 and MLflow itself
+    and stops every one of them."""
+    result = run_suite("--stack", "local", "--data", str(data_yaml), *MICRO, "--no-promote", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stack: local (--stack local)" in result.stdout
+    assert "metadata: mysql 127.0.0.1:" in result.stdout
+    state = tmp_path / "stack" / "local"
+    assert (state / "mysql" / "data" / "mlflow").is_dir()   # the database survived for the UI
+    assert list(state.rglob("*.pid")) == [] or [p.name for p in state.rglob("*.pid")] == ["mysqld.pid"]
+    out = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True).stdout
+    assert out == ""
+
+
+def test_ctrl_c_stops_the_stack(tmp_path, data_yaml):
+    """SIGINT in the middle of a session stops every process the stack started."""
+    command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider", "--stack", "local",
+               "--stack-dir", str(tmp_path / "stack"), "--runs-dir", str(tmp_path / "runs"),
+               "--reports-dir", str(tmp_path / "reports"), "--data", str(data_yaml), *MICRO,
+               "--set", "epochs=30", "--no-promote"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_"))}
+    proc = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = tmp_path / "stack" / "local"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state / "mlflow" / "schema-ready").exists():
+        time.sleep(0.5)
+    groups = pid_groups(state)
+    assert len(groups) == 3, groups  # mysql, s3, mlflow
+    time.sleep(3)  # into the first test
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert [g for g in groups if group_alive(g)] == [], output[-2000:]
