@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -49,10 +50,39 @@ def _add_dataset(commands: argparse._SubParsersAction) -> None:
     build.set_defaults(func=_dataset_build)
 
 
+def _ui(args: argparse.Namespace) -> int:
+    from .stack import ServiceError, make_stack
+
+    stack = make_stack(args.stack, args.stack_dir)
+    if args.stack in ("embedded", "local") and not (args.stack_dir / args.stack).is_dir():
+        print(f"error: {args.stack_dir / args.stack} does not exist: run the suite first", file=sys.stderr)
+        return 1
+    try:
+        with stack as info:
+            print(f"MLflow UI on the {args.stack} stack in {args.stack_dir}: {info.tracking_uri} (Ctrl-C stops it)",
+                  flush=True)
+            threading.Event().wait()
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _add_ui(commands: argparse._SubParsersAction) -> None:
+    ui = commands.add_parser("ui", help="reopen the MLflow UI on a stack the suite kept",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ui.add_argument("--stack", choices=("local", "embedded", "docker"), default="local", help="which kept stack")
+    ui.add_argument("--stack-dir", type=Path, default=Path(".stack"), help="the suite's --stack-dir")
+    ui.set_defaults(func=_ui)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlflow_cv_yolo", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_dataset(commands)
+    _add_ui(commands)
     return parser
 
 
