@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import ranking
+from .detector import COLUMNS
 from .ranking import RunRecord
 from .tracking import logged_models
 from .training import evaluate
@@ -189,10 +190,24 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteri
     return decision
 
 
+def check_loads(model_uri: str) -> None:
+    """Load the model as a user will and predict on its own input example; runs
+    log their models without this check (it costs seconds per run)."""
+    from mlflow.models import Model
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    example = Model.load(model_uri).load_input_example(mlflow.artifacts.download_artifacts(model_uri))
+    frame, params = example if isinstance(example, tuple) else (example, None)
+    boxes = model.predict(frame, params=params)
+    if list(boxes.columns) != COLUMNS:
+        raise RuntimeError(f"{model_uri} predicts columns {list(boxes.columns)}, expected {COLUMNS}")
+
+
 def promote(client: MlflowClient, decision: Decision, *, registered_model: str, alias: str,
             tags: dict[str, str]) -> None:
     """Register the candidate's logged model and point `alias` at the new version."""
     (model,) = logged_models(client, decision.candidate_run_id)
+    check_loads(f"models:/{model.model_id}")
     version = mlflow.register_model(f"models:/{model.model_id}", registered_model)
     client.set_registered_model_alias(registered_model, alias, version.version)
     client.set_model_version_tag(registered_model, version.version, "stage", alias)

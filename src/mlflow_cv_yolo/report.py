@@ -33,7 +33,8 @@ from .ranking import (
 
 History = dict[str, list[tuple[int, float]]]
 LOSSES = ("box_loss", "cls_loss", "dfl_loss")
-DECISION_KEYS = ("outcome", "reason", "candidate", "criteria")
+# Shown in their own sections (the runs table and the seed-noise sentence come from the runs).
+DECISION_KEYS = ("outcome", "reason", "candidate", "criteria", "table", "noise")
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _decision_blocks(decision: dict[str, Any], link: Callable[[str | None], Cell
     criteria = decision.get("criteria") or []
     if criteria:
         headers = ["name", "threshold", "value", "passed"]
-        headers += [k for c in criteria for k in c if k not in headers]
+        headers = list(dict.fromkeys(headers + [k for c in criteria for k in c]))
         blocks.append(Table(headers, [[_fmt(c.get(h)) for h in headers] for c in criteria]))
     extra = [[key, _fmt(value)] for key, value in decision.items() if key not in DECISION_KEYS]
     if extra:

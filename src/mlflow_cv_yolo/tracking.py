@@ -6,7 +6,9 @@ experiment result, so nothing is retried or swallowed."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from pathlib import Path
 
@@ -76,6 +78,27 @@ def log_results(result: TrainResult, *, example_image: Path, imgsz: int, pip_req
             mlflow.log_artifact(str(result.save_dir / name), artifact_path="plots")
     mlflow.log_artifact(str(result.best), artifact_path="weights")
     mlflow.log_artifact(str(result.last), artifact_path="weights")
+    # MLflow would load the model and predict on the input example here, 3-4 s per
+    # run; the promotion hook does that once, for the one model it registers.
+    with _env(MLFLOW_VALIDATE_SERVING_INPUT="false"):
+        _log_model(result, example_image, imgsz, pip_requirements)
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _log_model(result: TrainResult, example_image: Path, imgsz: int, pip_requirements: list[str]) -> None:
     mlflow.pyfunc.log_model(
         name="model",
         python_model=YoloDetector(),

@@ -1,0 +1,145 @@
+"""Benchmarks of the tracking stack and the grid runner (figures go to the README as ratios).
+
+    python bench/stack_and_grid.py startup [--providers embedded local docker]
+    python bench/stack_and_grid.py overhead [--epochs 3 --imgsz 320]
+    python bench/stack_and_grid.py grid [--set epochs=1 ...]
+
+startup:  wall time from `pytest` start to the header line that says the stack is ready.
+overhead: MLflow logging + artifact upload time over training time, for one run.
+grid:     the grid with `-n 2` against a loop starting one pytest process per
+          configuration, one after the other (the seed project's way), both on one
+          MLflow server, same data and model. Results are appended to bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_"))}
+    return {**env, **extra}
+
+
+def _pytest(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider", *args]
+
+
+def startup(providers: list[str]) -> dict:
+    results = {}
+    for kind in providers:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.monotonic()
+            proc = subprocess.Popen(_pytest("--stack", kind, "--stack-dir", tmp, "-k", "no_such_test", "--no-promote",
+                                            "--reports-dir", tmp, "--runs-dir", tmp),
+                                    cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            ready = None
+            for line in proc.stdout:
+                if ready is None and line.startswith("  ready in:"):
+                    ready = time.monotonic() - start
+            proc.wait()
+            results[kind] = {"pytest_start_to_ready_s": round(ready, 1) if ready else None,
+                             "whole_session_s": round(time.monotonic() - start, 1), "exit": proc.returncode}
+            print(kind, results[kind], flush=True)
+    return results
+
+
+def overhead(epochs: int, imgsz: int, data: Path) -> dict:
+    """Times every tracking call of one real run against the training time."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_cv_yolo import tracking, training
+    from mlflow_cv_yolo.experiment import example_image
+    from mlflow_cv_yolo.grid import RunConfig
+    from mlflow_cv_yolo.stack.providers import LocalStack
+
+    spent = {"tracking": 0.0}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["tracking"] += time.perf_counter() - start
+        return wrapper
+
+    config = RunConfig("bench", {"model": "yolov8n.yaml", "optimizer": "SGD", "epochs": epochs, "batch": 8,
+                                 "imgsz": imgsz, "lr0": 0.01, "seed": 1}, "bench")
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), log=lambda _: None) as info:
+        mlflow.set_tracking_uri(info.tracking_uri)
+        mlflow.set_experiment("bench")
+        with mlflow.start_run() as run:
+            logger = tracking.EpochLogger(MlflowClient(info.tracking_uri), run.info.run_id)
+            callbacks = {k: timed(v) for k, v in logger.callbacks.items()}
+            start = time.perf_counter()
+            result = training.train(config, data=data, model="yolov8n.yaml", project=Path(tmp) / "runs",
+                                    threads=os.cpu_count() or 1, callbacks=callbacks)
+            train_s = time.perf_counter() - start - spent["tracking"]
+            timed(tracking.log_results)(result, example_image=example_image(data), imgsz=imgsz,
+                                        pip_requirements=["ultralytics", "torch", "mlflow"])
+    out = {"epochs": epochs, "imgsz": imgsz, "train_s": round(train_s, 1), "tracking_s": round(spent["tracking"], 2),
+           "overhead_ratio": round(spent["tracking"] / train_s, 4)}
+    print(out, flush=True)
+    return out
+
+
+def grid(extra: list[str], workers: int) -> dict:
+    from mlflow_cv_yolo.stack.providers import LocalStack
+
+    collected = subprocess.run(_pytest("--collect-only", "-q", *extra), cwd=REPO, env=_env(), capture_output=True,
+                               text=True, check=True).stdout
+    ids = [line.split("[", 1)[1].rstrip("]") for line in collected.splitlines() if "::test_grid[" in line]
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack", log=lambda _: None) as info:
+        env = _env(MLFLOW_TRACKING_URI=info.tracking_uri)
+        common = ["--stack", "external", "--no-promote", "--reports-dir", tmp, "--runs-dir", tmp, *extra]
+        start = time.monotonic()
+        subprocess.run(_pytest("-n", str(workers), *common), cwd=REPO, env=env, check=True, capture_output=True)
+        parallel = time.monotonic() - start
+        start = time.monotonic()
+        for test_id in ids:  # the seed's way: one process per run, one after the other
+            subprocess.run(_pytest("-k", test_id, *common), cwd=REPO, env=env, check=True, capture_output=True)
+        loop = time.monotonic() - start
+    out = {"runs": len(ids), "workers": workers, "parallel_s": round(parallel, 1), "loop_s": round(loop, 1),
+           "ratio": round(parallel / loop, 3), "args": extra}
+    print(out, flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("startup")
+    s.add_argument("--providers", nargs="+", default=["embedded", "local"])
+    o = sub.add_parser("overhead")
+    o.add_argument("--epochs", type=int, default=3)
+    o.add_argument("--imgsz", type=int, default=320)
+    o.add_argument("--data", type=Path, default=REPO / "data" / "tiny_coco.yaml")
+    g = sub.add_parser("grid")
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to both (e.g. --set epochs=1)")
+    args = parser.parse_args()
+    if args.what == "startup":
+        result = startup(args.providers)
+    elif args.what == "overhead":
+        result = overhead(args.epochs, args.imgsz, args.data)
+    else:
+        result = grid(args.extra, args.workers)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / f"{args.what}.jsonl", "a") as f:
+        f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
