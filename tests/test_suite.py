@@ -204,3 +204,15 @@ def test_crashing_run_is_failed_in_mlflow_with_its_traceback(local_stack, stack_
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
     traceback = mlflow.artifacts.load_text(f"runs:/{runs[0].info.run_id}/error/traceback.txt")
     assert "images/nowhere" in traceback
+
+
+def test_require_pretrained_fails_fast_naming_the_file(tmp_path, data_yaml):
+    from ultralytics.utils import is_online
+
+    if is_online():
+        pytest.skip("network available: yolov8n.pt downloads, so nothing is missing")
+    result = run_suite("--require-pretrained", "--stack", "embedded", "--data", str(data_yaml), *MICRO,
+                       tmp_path=tmp_path)
+    assert result.returncode == 4
+    assert "ERROR: --require-pretrained: yolov8n.pt is not on disk and could not be downloaded" in result.stderr
+    assert not (tmp_path / "stack").exists()  # stopped before any stack started

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .grid import RunConfig
 
 # Artifacts ultralytics writes into save_dir with plots=True; the curves are
@@ -37,6 +35,7 @@ def _drop_ultralytics_mlflow(trainer) -> None:
 def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int,
           callbacks: dict[str, Callable] | None = None, verbose: bool = False) -> TrainResult:
     """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)."""
+    import torch
     from ultralytics import YOLO
 
     if not verbose:

@@ -63,13 +63,14 @@ class DockerStack(Stack):
                                 root_password=creds["mysql_password"], dbname="mlflow")
                  .with_volume_mapping(str(self.state_dir / "mysql"), "/var/lib/mysql", "rw")
                  .with_bind_ports(3306, ("127.0.0.1", free_port())))
-        mysql_endpoint: MySQLEndpoint = self._run(_Container(mysql, lambda c: MySQLEndpoint(
-            "127.0.0.1", int(c.get_exposed_port(3306)), creds["mysql_user"], creds["mysql_password"], "mlflow")))
+        mysql_service = _Container(mysql, lambda c: MySQLEndpoint(
+            "127.0.0.1", int(c.get_exposed_port(3306)), creds["mysql_user"], creds["mysql_password"], "mlflow"))
         s3 = (MinioContainer(self.s3_image, access_key=creds["s3_access_key"], secret_key=creds["s3_secret_key"])
               .with_volume_mapping(str(self.state_dir / "s3"), "/data", "rw")
               .with_bind_ports(9000, ("127.0.0.1", free_port())))
-        s3_endpoint: S3Endpoint = self._run(_Container(s3, lambda c: S3Endpoint(
-            f"http://127.0.0.1:{c.get_exposed_port(9000)}", creds["s3_access_key"], creds["s3_secret_key"], "mlflow")))
+        s3_service = _Container(s3, lambda c: S3Endpoint(
+            f"http://127.0.0.1:{c.get_exposed_port(9000)}", creds["s3_access_key"], creds["s3_secret_key"], "mlflow"))
+        mysql_endpoint, s3_endpoint = self._run_together(mysql_service, s3_service)
         ensure_bucket(s3_endpoint)
         url = start_mlflow_on(self, mysql_endpoint, s3_endpoint, lambda: _reset(mysql_endpoint))
         info = _info(self.kind, url, reason, mysql_endpoint, s3_endpoint, "minio container")

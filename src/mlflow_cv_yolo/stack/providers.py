@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,6 +46,14 @@ class Stack:
         result = service.start()
         self._started.append(service)
         return result
+
+    def _run_together(self, *services) -> list:
+        """Start independent services at once (the database and S3 don't wait for
+        each other); if one fails, the others still finish starting and are recorded,
+        so that stop() stops them."""
+        with ThreadPoolExecutor(len(services)) as pool:
+            futures = [pool.submit(self._run, service) for service in services]
+        return [future.result() for future in futures]
 
     def start(self, reason: str = "") -> StackInfo:
         try:
@@ -137,10 +146,9 @@ class LocalStack(Stack):
         creds = self.credentials()
         mysql = MySQLServer(self.state_dir / "mysql", user=creds["mysql_user"], password=creds["mysql_password"],
                             log=self.log)
-        mysql_endpoint = self._run(mysql)
         s3 = S3Server(self.state_dir / "s3", access_key=creds["s3_access_key"], secret_key=creds["s3_secret_key"],
                       log=self.log)
-        s3_endpoint = self._run(s3)
+        mysql_endpoint, s3_endpoint = self._run_together(mysql, s3)
         url = start_mlflow_on(self, mysql_endpoint, s3_endpoint, mysql.reset_database)
         return _info(self.kind, url, reason, mysql_endpoint, s3_endpoint, s3.kind)
 
