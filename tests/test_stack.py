@@ -189,3 +189,40 @@ def test_ctrl_c_stops_the_stack(tmp_path, data_yaml):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert [g for g in groups if group_alive(g)] == [], output[-2000:]
+
+
+def test_interrupted_first_migration_starts_from_a_fresh_database(tmp_path):
+    """Tables without the marker of a first healthy start = a half-migrated schema."""
+    stack = LocalStack(tmp_path, log=lambda _: None)
+    creds = stack.credentials()
+    mysql = MySQLServer(tmp_path / "local" / "mysql", user=creds["mysql_user"], password=creds["mysql_password"],
+                        log=lambda _: None)
+    endpoint = mysql.start()
+    conn = endpoint.connect()
+    with conn.cursor() as cur:  # what an interrupted alembic run leaves: some tables, no usable schema
+        cur.execute("CREATE TABLE experiments (experiment_id INT PRIMARY KEY)")
+    conn.close()
+    mysql.stop()
+
+    lines = []
+    with LocalStack(tmp_path, log=lines.append) as info:
+        client = MlflowClient(info.tracking_uri)
+        assert client.get_experiment(client.create_experiment("after-reset")).name == "after-reset"
+    assert any("an interrupted first migration?" in line and "starting it afresh" in line for line in lines)
+
+
+def test_ui_command_reopens_a_kept_stack(tmp_path):
+    with EmbeddedStack(tmp_path, log=lambda _: None) as info:
+        client = MlflowClient(info.tracking_uri)
+        experiment = client.create_experiment("kept")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow_cv_yolo", "ui", "--stack", "embedded", "--stack-dir",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"MLflow UI on the embedded stack in {tmp_path}: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1].split()[0]
+        assert MlflowClient(url).get_experiment(experiment).name == "kept"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    assert pid_groups(tmp_path) == []
