@@ -51,11 +51,11 @@ def stack_env(local_stack):
 
 @pytest.fixture(scope="module")
 def grid_session(tmp_path_factory, local_stack, stack_env, data_yaml):
-    """One session of two lr0 values under xdist, promoted straight to production."""
+    """One session of two lr0 values x two seeds under xdist, promoted straight to production."""
     tmp = tmp_path_factory.mktemp("grid")
     model = f"e2e-{uuid.uuid4().hex[:6]}"
     result = run_suite("-n", "2", "--data", str(data_yaml), *MICRO, "--set", "epochs=2", "--set", "lr0=0.002,0.02",
-                       "--set", "seed=7", "--registered-model", model, "--promote-to", "production",
+                       "--set", "seed=7,8", "--registered-model", model, "--promote-to", "production",
                        env=stack_env, tmp_path=tmp)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     client = MlflowClient(local_stack.tracking_uri)
@@ -71,19 +71,19 @@ def test_session_prints_stack_weights_table_and_decision(grid_session):
     out = grid_session["result"].stdout
     assert "stack: external (MLFLOW_TRACKING_URI is set)" in out
     assert "weights: yolov8n.yaml — yolov8n.pt is not on disk" in out and "TRAINING FROM SCRATCH" in out
-    assert "2 passed" in out
-    assert "lr0.002" in out and "lr0.02" in out
+    assert "4 passed" in out
+    assert all(name in out for name in ("lr0.002-seed7", "lr0.002-seed8", "lr0.02-seed7", "lr0.02-seed8"))
     assert f"decision: PROMOTED" in out and f"{grid_session['model']} v1 @production" in out
 
 
 def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
     client, grid = grid_session["client"], grid_session["grid"]
-    assert sorted(grid) == ["lr0.002", "lr0.02"]
+    assert sorted(grid) == ["lr0.002-seed7", "lr0.002-seed8", "lr0.02-seed7", "lr0.02-seed8"]
     for name, run in grid.items():
         assert run.info.status == "FINISHED"
         params = run.data.params
         assert {k: params[k] for k in ("epochs", "imgsz", "seed", "batch", "optimizer", "model", "model_used")} == {
-            "epochs": "2", "imgsz": "64", "seed": "7", "batch": "8", "optimizer": "SGD", "model": "yolov8n.pt",
+            "epochs": "2", "imgsz": "64", "seed": name[-1], "batch": "8", "optimizer": "SGD", "model": "yolov8n.pt",
             "model_used": "yolov8n.yaml"}
         assert {"data", "data_yaml_sha256", "version.ultralytics", "version.torch", "version.mlflow"} <= set(params)
         assert run.data.tags["pretrained"] == "false" and run.data.tags["suite.stack"] == "external"
@@ -103,12 +103,13 @@ def test_lr0_changes_the_learning_rate_curve(grid_session):
     client, grid = grid_session["client"], grid_session["grid"]
     curves = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr/pg0"),
                                                key=lambda m: m.step)] for name, run in grid.items()}
-    assert curves["lr0.002"] != curves["lr0.02"]
-    assert max(curves["lr0.02"]) > max(curves["lr0.002"])
+    assert curves["lr0.02-seed7"] == curves["lr0.02-seed8"]  # the schedule depends on lr0, not the seed
+    assert curves["lr0.002-seed7"] != curves["lr0.02-seed7"]
+    assert max(curves["lr0.02-seed7"]) > max(curves["lr0.002-seed7"])
 
 
 def test_artifacts_are_objects_in_the_bucket(grid_session, local_stack):
-    run = grid_session["grid"]["lr0.02"]
+    run = grid_session["grid"]["lr0.02-seed7"]
     s3 = local_stack.s3.client()
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=local_stack.s3.bucket)
             for o in page.get("Contents", [])]
@@ -144,12 +145,35 @@ def test_candidate_gets_test_split_metrics_and_decision_record(grid_session):
     assert {"report/report.html", "report/report.md", "report/curves_map.png"} <= report
 
 
+def test_configurations_are_ranked_over_their_two_seeds(grid_session):
+    """The candidate is the best seed of the best configuration by mean val mAP50-95."""
+    from PIL import Image
+
+    grid, tmp = grid_session["grid"], grid_session["tmp"]
+    folder = tmp / "reports" / grid_session["session"]
+    record = json.loads((folder / "decision.json").read_text())
+    means = {}
+    for run in grid.values():
+        means.setdefault(run.data.tags["suite.config"], []).append(run.data.metrics["best/mAP50-95"])
+    assert sorted(means) == ["lr0.002", "lr0.02"] and all(len(v) == 2 for v in means.values())
+    best_mean = max(sum(v) / 2 for v in means.values())
+    candidate = next(r for r in grid.values() if r.info.run_id == record["candidate_run_id"])
+    assert sum(means[candidate.data.tags["suite.config"]]) / 2 == best_mean
+    assert "seed spread" in record["noise"]
+    markdown = (folder / "report.md").read_text()
+    assert record["noise"] in markdown and all(name in markdown for name in grid)
+    for plot in ("curves_map.png", "curves_loss.png", "effects.png"):
+        with Image.open(folder / plot) as image:
+            assert image.width > 300 and image.height > 200
+            assert len(set(image.convert("L").getdata())) > 2  # drawn on, not blank
+
+
 def test_same_configuration_reproduces_its_metrics(grid_session, stack_env, data_yaml, tmp_path):
     result = run_suite("-n", "2", "--data", str(data_yaml), *MICRO, "--set", "epochs=2", "--set", "lr0=0.02",
                        "--set", "seed=7", "--no-promote", env=stack_env, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     client = grid_session["client"]
-    first = grid_session["grid"]["lr0.02"]
+    first = grid_session["grid"]["lr0.02-seed7"]
     experiment = client.get_experiment_by_name("cv_yolo_tiny").experiment_id
     (again,) = client.search_runs([experiment], "tags.`suite.test_id` = 'base'", max_results=1,
                                   order_by=["attributes.start_time DESC"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,17 +101,23 @@ def _env(**values: str):
 
 
 def _log_model(result: TrainResult, example_image: Path, imgsz: int, pip_requirements: list[str]) -> None:
-    mlflow.pyfunc.log_model(
-        name="model",
-        python_model=YoloDetector(),
-        artifacts={"weights": str(result.best)},
-        # The wrapper's package travels with the model, so it loads where only
-        # ultralytics and mlflow are installed.
-        code_paths=[str(Path(__file__).parent)],
-        signature=signature(imgsz),
-        input_example=(encode_images([example_image]), {"conf": 0.25, "imgsz": imgsz}),
-        pip_requirements=pip_requirements,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # The wrapper's module travels with the model (as mlflow_cv_yolo.detector,
+        # the name it is pickled under), so it loads where only ultralytics and
+        # mlflow are installed; the rest of the package stays behind.
+        package = Path(tmp) / "mlflow_cv_yolo"
+        package.mkdir()
+        for name in ("__init__.py", "detector.py"):
+            shutil.copy(Path(__file__).with_name(name), package / name)
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=YoloDetector(),
+            artifacts={"weights": str(result.best)},
+            code_paths=[str(package)],
+            signature=signature(imgsz),
+            input_example=(encode_images([example_image]), {"conf": 0.25, "imgsz": imgsz}),
+            pip_requirements=pip_requirements,
+        )
 
 
 def logged_models(client: MlflowClient, run_id: str) -> list:
