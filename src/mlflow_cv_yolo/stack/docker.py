@@ -61,13 +61,13 @@ class DockerStack(Stack):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         mysql = (MySqlContainer(self.mysql_image, username=creds["mysql_user"], password=creds["mysql_password"],
                                 root_password=creds["mysql_password"], dbname="mlflow")
-                 .with_volume_mapping(str(self.state_dir / "mysql"), "/var/lib/mysql", "rw")
-                 .with_bind_ports(3306, ("127.0.0.1", free_port())))
+                 .with_volume_mapping(str(self.state_dir / "mysql"), "/var/lib/mysql", "rw"))
+        _loopback(mysql, 3306)
         mysql_service = _Container(mysql, lambda c: MySQLEndpoint(
             "127.0.0.1", int(c.get_exposed_port(3306)), creds["mysql_user"], creds["mysql_password"], "mlflow"))
         s3 = (MinioContainer(self.s3_image, access_key=creds["s3_access_key"], secret_key=creds["s3_secret_key"])
-              .with_volume_mapping(str(self.state_dir / "s3"), "/data", "rw")
-              .with_bind_ports(9000, ("127.0.0.1", free_port())))
+              .with_volume_mapping(str(self.state_dir / "s3"), "/data", "rw"))
+        _loopback(s3, 9000)
         s3_service = _Container(s3, lambda c: S3Endpoint(
             f"http://127.0.0.1:{c.get_exposed_port(9000)}", creds["s3_access_key"], creds["s3_secret_key"], "mlflow"))
         mysql_endpoint, s3_endpoint = self._run_together(mysql_service, s3_service)
@@ -76,6 +76,12 @@ class DockerStack(Stack):
         info = _info(self.kind, url, reason, mysql_endpoint, s3_endpoint, "minio container")
         info.endpoints["images"] = f"{self.mysql_image}, {self.s3_image}"
         return info
+
+
+def _loopback(container, port: int) -> None:
+    # testcontainers publishes on every interface; docker-py's (ip, port) form
+    # keeps the random host port but binds it to 127.0.0.1 only.
+    container.ports[str(port)] = ("127.0.0.1", free_port())
 
 
 def _reset(endpoint: MySQLEndpoint) -> None:

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Podman as a local Docker engine for CI on a machine without Docker or a reachable
+# image registry: installs Podman, serves its Docker-compatible API, and builds the
+# stack's images from Debian packages (debootstrap) and PyPI. Idempotent: rootfs
+# tarballs are cached in $CACHE and images already tagged are not rebuilt.
+# Writes the environment the suite needs to ci/podman/env (source it).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+CACHE=${CV_YOLO_IMAGE_CACHE:-/var/cache/cv-yolo-images}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SOCK=/run/podman/podman.sock
+MYSQL_IMAGE=localhost/cv-yolo/mariadb:bookworm
+S3_IMAGE=localhost/cv-yolo/s3:bookworm
+MLFLOW_IMAGE=localhost/cv-yolo/mlflow:bookworm
+MLFLOW_VERSION=$(python3 -c 'import mlflow; print(mlflow.__version__)' 2>/dev/null || echo 3.17.2)
+mkdir -p "$CACHE"
+
+if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! command -v podman-compose >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap podman-compose >/dev/null
+fi
+
+# crun and the default ulimits fail inside this sandbox ("setrlimit ... Operation not permitted").
+mkdir -p /etc/containers
+cat > /etc/containers/containers.conf <<'CONF'
+[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"
+CONF
+
+if ! curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; then
+  mkdir -p /run/podman
+  setsid podman system service --time=0 "unix://$SOCK" >"$CACHE/podman-service.log" 2>&1 < /dev/null &
+  echo $! > /run/podman/cv-yolo-service.pid
+  for _ in $(seq 50); do curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+rootfs() {  # name, packages: a cached debootstrap tarball
+  local name=$1 include=$2
+  if [ ! -f "$CACHE/$name.tar" ]; then
+    if [ ! -f "$CACHE/$name-rootfs/.debootstrapped" ]; then
+      rm -rf "$CACHE/$name-rootfs"
+      debootstrap --variant=minbase --include="$include" bookworm "$CACHE/$name-rootfs" "$MIRROR" >"$CACHE/$name.log"
+      touch "$CACHE/$name-rootfs/.debootstrapped"
+    fi
+    "${@:3}"
+    tar -C "$CACHE/$name-rootfs" -cf "$CACHE/$name.tar.tmp" . && mv "$CACHE/$name.tar.tmp" "$CACHE/$name.tar"
+    rm -rf "$CACHE/$name-rootfs"
+  fi
+}
+
+python_packages() {
+  # The rootfs trusts what this host trusts for the package index (proxies included).
+  cp /etc/resolv.conf "$CACHE/python-rootfs/etc/resolv.conf"
+  cp /etc/ssl/certs/ca-certificates.crt "$CACHE/python-rootfs/tmp/host-ca.pem"
+  chroot "$CACHE/python-rootfs" env -u PIP_FIND_LINKS PIP_CERT=/tmp/host-ca.pem REQUESTS_CA_BUNDLE=/tmp/host-ca.pem \
+    SSL_CERT_FILE=/tmp/host-ca.pem pip3 install -q \
+    --break-system-packages --no-cache-dir "mlflow==$MLFLOW_VERSION" pymysql cryptography boto3 "moto[server]"
+  rm -f "$CACHE/python-rootfs/tmp/host-ca.pem"
+  install -m 0755 "$here/s3-server.py" "$CACHE/python-rootfs/usr/local/bin/s3-server"
+}
+
+mariadb_entrypoint() {
+  install -m 0755 "$here/mariadb-entrypoint.sh" "$CACHE/mariadb-rootfs/usr/local/bin/docker-entrypoint.sh"
+  # compose's healthcheck speaks the official image's mysqladmin
+  [ -e "$CACHE/mariadb-rootfs/usr/bin/mysqladmin" ] || ln -s mariadb-admin "$CACHE/mariadb-rootfs/usr/bin/mysqladmin"
+}
+
+image() {  # tag, tarball, import changes...
+  local tag=$1 tar=$2; shift 2
+  podman image exists "$tag" && return
+  local changes=()
+  for change in "$@"; do changes+=(--change "$change"); done
+  podman import "${changes[@]}" "$tar" "$tag" >/dev/null
+}
+
+start=$(date +%s)
+rootfs mariadb mariadb-server mariadb_entrypoint
+rootfs python python3,python3-pip,python3-venv,ca-certificates python_packages
+image "$MYSQL_IMAGE" "$CACHE/mariadb.tar" 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' 'EXPOSE 3306'
+image "$S3_IMAGE" "$CACHE/python.tar" 'ENTRYPOINT ["python3", "/usr/local/bin/s3-server"]' 'EXPOSE 9000'
+image "$MLFLOW_IMAGE" "$CACHE/python.tar" 'ENTRYPOINT ["mlflow"]' 'EXPOSE 5000'
+
+cat > "$here/env" <<ENV
+export DOCKER_HOST=unix://$SOCK
+export TESTCONTAINERS_RYUK_DISABLED=true
+export TESTCONTAINERS_CONNECTION_MODE=docker_host
+export TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
+export CV_YOLO_MYSQL_IMAGE=$MYSQL_IMAGE
+export CV_YOLO_S3_IMAGE=$S3_IMAGE
+export CV_YOLO_MLFLOW_IMAGE=$MLFLOW_IMAGE
+ENV
+echo "podman ready in $(( $(date +%s) - start )) s; images: $MYSQL_IMAGE $S3_IMAGE $MLFLOW_IMAGE; environment: $here/env"
