@@ -19,6 +19,8 @@ def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int 
                "--reports-dir", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "runs"), *args]
     if not any(a.startswith("--stack-dir") or a == "--fresh-stack" for a in args):
         command += ["--stack-dir", str(tmp_path / "stack")]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_"))}
+    # A fresh session: nothing of this one's pytest, tracking URI or suite leaks in
+    # (image overrides such as CV_YOLO_MYSQL_IMAGE do pass).
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_SUITE"))}
     full_env.update(env or {})
     return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # A MySQL-compatible entrypoint for a Debian MariaDB image: applies the official
 # mysql image's MYSQL_* variables on first start and prints its readiness line
-# twice (temporary server, then the real one), which is what testcontainers'
+# twice (temporary server, then the real one) on stderr, which is what testcontainers'
 # MySqlContainer waits for.
 set -eu
 datadir=/var/lib/mysql
@@ -11,7 +11,7 @@ if [ ! -d "$datadir/mysql" ]; then
   mariadbd --user=mysql --datadir="$datadir" --skip-networking --socket=/run/mysqld/init.sock &
   pid=$!
   until mariadb-admin --socket=/run/mysqld/init.sock ping >/dev/null 2>&1; do sleep 0.2; done
-  echo "[Note] mariadbd: ready for connections (temporary server for initialisation)"
+  echo "[Note] mariadbd: ready for connections (temporary server for initialisation)" >&2
   {
     echo "ALTER USER 'root'@'localhost' IDENTIFIED BY '${MYSQL_ROOT_PASSWORD:-}';"
     echo "CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '${MYSQL_ROOT_PASSWORD:-}';"
@@ -25,7 +25,7 @@ if [ ! -d "$datadir/mysql" ]; then
   } | mariadb --socket=/run/mysqld/init.sock -uroot
   kill "$pid"; wait "$pid" || true
 else
-  echo "[Note] mariadbd: ready for connections (existing data directory, no initialisation)"
+  echo "[Note] mariadbd: ready for connections (existing data directory, no initialisation)" >&2
 fi
 exec mariadbd --user=mysql --datadir="$datadir" --bind-address=0.0.0.0 --port=3306 \
   --socket=/run/mysqld/mysqld.sock --character-set-server=utf8mb4 --collation-server=utf8mb4_bin "$@"

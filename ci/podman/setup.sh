@@ -59,29 +59,30 @@ python_packages() {
     SSL_CERT_FILE=/tmp/host-ca.pem pip3 install -q \
     --break-system-packages --no-cache-dir "mlflow==$MLFLOW_VERSION" pymysql cryptography boto3 "moto[server]"
   rm -f "$CACHE/python-rootfs/tmp/host-ca.pem"
-  install -m 0755 "$here/s3-server.py" "$CACHE/python-rootfs/usr/local/bin/s3-server"
 }
 
-mariadb_entrypoint() {
-  install -m 0755 "$here/mariadb-entrypoint.sh" "$CACHE/mariadb-rootfs/usr/local/bin/docker-entrypoint.sh"
+mariadb_datadir() {
+  # The package's postinst initialised a datadir; the entrypoint must find none, as
+  # in the official image, to apply the MYSQL_* variables.
+  rm -rf "$CACHE/mariadb-rootfs/var/lib/mysql" && mkdir -p "$CACHE/mariadb-rootfs/var/lib/mysql"
+  chroot "$CACHE/mariadb-rootfs" chown mysql:mysql /var/lib/mysql
   # compose's healthcheck speaks the official image's mysqladmin
   [ -e "$CACHE/mariadb-rootfs/usr/bin/mysqladmin" ] || ln -s mariadb-admin "$CACHE/mariadb-rootfs/usr/bin/mysqladmin"
 }
 
-image() {  # tag, tarball, import changes...
-  local tag=$1 tar=$2; shift 2
-  podman image exists "$tag" && return
-  local changes=()
-  for change in "$@"; do changes+=(--change "$change"); done
-  podman import "${changes[@]}" "$tar" "$tag" >/dev/null
+base() {  # tag, tarball
+  podman image exists "$1" || podman import "$2" "$1" >/dev/null
 }
 
 start=$(date +%s)
-rootfs mariadb mariadb-server mariadb_entrypoint
+rootfs mariadb mariadb-server mariadb_datadir
 rootfs python python3,python3-pip,python3-venv,ca-certificates python_packages
-image "$MYSQL_IMAGE" "$CACHE/mariadb.tar" 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' 'EXPOSE 3306'
-image "$S3_IMAGE" "$CACHE/python.tar" 'ENTRYPOINT ["python3", "/usr/local/bin/s3-server"]' 'EXPOSE 9000'
-image "$MLFLOW_IMAGE" "$CACHE/python.tar" 'ENTRYPOINT ["mlflow"]' 'EXPOSE 5000'
+base localhost/cv-yolo/mariadb-base:bookworm "$CACHE/mariadb.tar"
+base localhost/cv-yolo/python-base:bookworm "$CACHE/python.tar"
+# The small files on top are layers, rebuilt from cache in a second when unchanged.
+podman build -q -f "$here/Containerfile.mariadb" -t "$MYSQL_IMAGE" "$here" >/dev/null
+podman build -q -f "$here/Containerfile.s3" -t "$S3_IMAGE" "$here" >/dev/null
+podman build -q -f "$here/Containerfile.mlflow" -t "$MLFLOW_IMAGE" "$here" >/dev/null
 
 cat > "$here/env" <<ENV
 export DOCKER_HOST=unix://$SOCK

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .mysql import MySQLEndpoint
-from .process import free_port
+from .process import ServiceError, free_port
 from .providers import Stack, StackInfo, _info, start_mlflow_on
 from .s3 import S3Endpoint, ensure_bucket
 
@@ -39,7 +39,11 @@ class _Container:
         self._endpoint = endpoint
 
     def start(self):
-        self.container.start()
+        try:
+            self.container.start()
+        except Exception as exc:  # docker-py's errors: image missing, engine refusing...
+            self.container.stop()
+            raise ServiceError(f"container {self.container.image}: {type(exc).__name__}: {exc}") from None
         return self._endpoint(self.container)
 
     def stop(self):
