@@ -3,14 +3,18 @@ and a way to run the experiment suite as a user would (a pytest subprocess)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from mlflow_cv_yolo.experiment import CLIENT_ENV
 
 from mlflow_cv_yolo.stack.providers import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
+os.environ.update(CLIENT_ENV)  # this process's own MLflow clients download through the server too
 
 
 @pytest.fixture(scope="session")

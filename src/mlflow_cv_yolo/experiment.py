@@ -19,6 +19,11 @@ from . import tracking, training
 from .grid import RunConfig
 
 ENV = "CV_YOLO_SUITE"
+# A server with S3 artifacts offers clients presigned S3 URLs for downloads; the
+# S3 endpoint it signs for (e.g. http://s3:9000 inside compose) is often not
+# reachable from the client. Downloads go through the server instead.
+CLIENT_ENV = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": os.environ.get("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD",
+                                                                       "false")}
 REQUIRED_ARTIFACTS = ("results.csv", "args.yaml", "plots/results.png", "plots/confusion_matrix.png",
                       "plots/BoxPR_curve.png", "weights/best.pt", "weights/last.pt")
 
@@ -45,7 +50,8 @@ class Suite:
     dataset_lock_commit: str | None = None
 
     def to_env(self) -> dict[str, str]:
-        return {ENV: json.dumps(dataclasses.asdict(self)), "MLFLOW_TRACKING_URI": self.tracking_uri}
+        return {ENV: json.dumps(dataclasses.asdict(self)), "MLFLOW_TRACKING_URI": self.tracking_uri,
+                **CLIENT_ENV}
 
     @classmethod
     def from_env(cls) -> "Suite | None":
