@@ -15,9 +15,12 @@ MLFLOW_IMAGE=localhost/cv-yolo/mlflow:bookworm
 MLFLOW_VERSION=$(python3 -c 'import mlflow; print(mlflow.__version__)' 2>/dev/null || echo 3.17.2)
 mkdir -p "$CACHE"
 
-if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! command -v podman-compose >/dev/null; then
+# docker-compose (Debian's 1.29, over Podman's Docker API) rather than podman-compose
+# 1.0.3, which ignores `depends_on: condition:` and `network_mode: service:`.
+if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-compose >/dev/null \
+   || ! command -v curl >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap podman-compose >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap docker-compose curl >/dev/null
 fi
 
 # crun and the default ulimits fail inside this sandbox ("setrlimit ... Operation not permitted").
@@ -35,6 +38,12 @@ if ! curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; then
   setsid podman system service --time=0 "unix://$SOCK" >"$CACHE/podman-service.log" 2>&1 < /dev/null &
   echo $! > /run/podman/cv-yolo-service.pid
   for _ in $(seq 50); do curl -sf --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+# Without systemd nothing runs container healthchecks: a small loop does (see the script).
+ticker=/run/podman/cv-yolo-healthcheck.pid
+if ! { [ -f "$ticker" ] && kill -0 "$(cat "$ticker")" 2>/dev/null; }; then
+  setsid "$here/healthcheck-ticker.sh" >/dev/null 2>&1 < /dev/null &
+  echo $! > "$ticker"
 fi
 
 rootfs() {  # name, packages: a cached debootstrap tarball
@@ -93,4 +102,7 @@ export CV_YOLO_MYSQL_IMAGE=$MYSQL_IMAGE
 export CV_YOLO_S3_IMAGE=$S3_IMAGE
 export CV_YOLO_MLFLOW_IMAGE=$MLFLOW_IMAGE
 ENV
+# compose.yaml's S3 healthcheck defaults to MinIO's `mc ready local`; the CI image has no mc.
+printf '%s\n' "export CV_YOLO_S3_HEALTHCHECK=\"python3 -c \\\"import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/minio/health/live')\\\"\"" >> "$here/env"
 echo "podman ready in $(( $(date +%s) - start )) s; images: $MYSQL_IMAGE $S3_IMAGE $MLFLOW_IMAGE; environment: $here/env"
+cat "$here/env"
