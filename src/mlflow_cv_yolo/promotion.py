@@ -155,7 +155,6 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteri
     work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
     imgsz = int(candidate.params.get("imgsz", 320))
     weights = _weights_from_run(client, candidate.run_id, work / "candidate")
-    val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val")
     test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test")
     client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
     client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
@@ -171,6 +170,8 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteri
                                                           dst_path=str(work / "champion")))
         champ_weights = next(source.rglob("best.pt"))
         champ_imgsz = int(client.get_run(champion.run_id).data.params.get("imgsz", imgsz)) if champion.run_id else imgsz
+        # Re-evaluated beside the champion, so both val figures come from one evaluation code path.
+        val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val")
         champ_val = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val")
         champ_test = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work,
                               name="champion-test")
