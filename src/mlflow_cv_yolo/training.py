@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import interrupts
 from .grid import RunConfig
 
 # Artifacts ultralytics writes into save_dir with plots=True; the curves are
@@ -48,6 +49,8 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
 
     yolo = YOLO(model)
     yolo.add_callback("on_pretrain_routine_start", setup)
+    for event in ("on_train_batch_end", "on_val_batch_end"):
+        yolo.add_callback(event, interrupts.check)
     for event, fn in (callbacks or {}).items():
         yolo.add_callback(event, fn)
     yolo.train(

@@ -1,0 +1,39 @@
+"""Ctrl-C and SIGTERM that are not lost.
+
+Python raises KeyboardInterrupt wherever the main thread happens to be. When that is
+inside a `__del__` or weakref callback (SQLAlchemy's event registry has one that runs
+during training), the interpreter prints "Exception ignored in ..." and carries on,
+so a session would train to the end with its Ctrl-C forgotten. The handler here also
+records the signal, and training checks the record after every batch.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_requested = threading.Event()
+
+
+def _handler(signum, frame) -> None:
+    _requested.set()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def install() -> None:
+    """Route SIGINT and SIGTERM (CI cancelling a job) to a KeyboardInterrupt that is
+    remembered. A SIGINT the parent set to be ignored (`nohup`, a background job)
+    stays ignored. Only the main thread may set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _handler)
+
+
+def check(*_) -> None:
+    """Raise KeyboardInterrupt if a signal arrived, even one whose first
+    KeyboardInterrupt was swallowed. Takes any arguments: it is a trainer callback."""
+    if _requested.is_set():
+        raise KeyboardInterrupt("interrupted earlier; that KeyboardInterrupt was lost in a callback")
