@@ -52,8 +52,8 @@ def project(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     root = tmp_path / "project"
     (root / "src/mlflow_cv_yolo").mkdir(parents=True)
-    for name in ("dataset.py", "synthetic.py"):
-        shutil.copy(PROJECT / "src/mlflow_cv_yolo" / name, root / "src/mlflow_cv_yolo" / name)
+    for dep in yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["build_dataset"]["deps"]:
+        shutil.copy(PROJECT / dep, root / dep)
     shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(yaml.safe_dump({"dataset": SMALL}))
     git(root, "init", "-q")

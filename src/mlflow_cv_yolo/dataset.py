@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -27,19 +26,12 @@ from typing import Callable
 from PIL import Image
 
 from . import synthetic
+from .yolo_format import IMAGE_SUFFIXES, PERSON, DatasetError, Sample, read_yolo
 
 COCO128_URL = "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 JPEG_QUALITY = 90
-PERSON = 0
 DOWNLOAD_TIMEOUT_S = 10
-
-Box = tuple[float, float, float, float]
-
-
-class DatasetError(ValueError):
-    """A source or request the builder cannot use; one line, naming the file (and line)."""
 
 
 @dataclass(frozen=True)
@@ -54,18 +46,11 @@ class BuildResult:
 
 
 @dataclass(frozen=True)
-class _Sample:
-    name: str
-    boxes: list[Box]
-    load: Callable[[], Image.Image]
-
-
-@dataclass(frozen=True)
 class _Source:
     source: str
     kind: str
     ref: str
-    samples: list[_Sample]
+    samples: list[Sample]
 
 
 def build_dataset(source: str, out_dir: Path, yaml_path: Path, *, counts: tuple[int, int, int] = (40, 10, 10),
@@ -127,13 +112,13 @@ def _resolve(source: str, need: int, *, imgsz: int, seed: int, cache_dir: Path,
         raise DatasetError(f"{source}: no such file or folder (a source is auto, coco128, synthetic or a "
                            f"path to a YOLO-format folder or zip)")
     root = _unpack(path, scratch) if path.is_file() else path
-    samples = _read_yolo(_find_root(root, path), shown=_shown(root, path),
+    samples = read_yolo(_find_root(root, path), shown=_shown(root, path),
                          missing_labels="background" if _is_coco128_layout(root) else "error", log=log)
     return _Source(str(path.resolve()), "path", f"{path.resolve().name} (sha256 {_digest(path)})", samples)
 
 
 def _synthetic(count: int, *, imgsz: int, seed: int) -> _Source:
-    samples = [_Sample(s.name, s.boxes, lambda image=s.image: image)
+    samples = [Sample(s.name, s.boxes, lambda image=s.image: image)
                for s in synthetic.draw_set(count, seed=seed, size=imgsz)]
     return _Source("synthetic", "synthetic", f"{synthetic.GENERATOR} seed {seed}", samples)
 
@@ -141,7 +126,7 @@ def _synthetic(count: int, *, imgsz: int, seed: int) -> _Source:
 def _coco128(zip_path: Path, scratch: contextlib.ExitStack, log: Callable[[str], None]) -> _Source:
     root = _unpack(zip_path, scratch)
     # COCO128 ships two images with no label file (backgrounds): not an error there.
-    samples = _read_yolo(_find_root(root, zip_path), shown=_shown(root, zip_path), missing_labels="background",
+    samples = read_yolo(_find_root(root, zip_path), shown=_shown(root, zip_path), missing_labels="background",
                          log=log)
     return _Source("coco128", "coco128", f"{COCO128_URL} (sha256 {_digest(zip_path)})", samples)
 
@@ -218,85 +203,9 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-# --- reading and validation ----------------------------------------------------------
-
-def _read_yolo(root: Path, *, shown: Callable[[Path], str], missing_labels: str,
-               log: Callable[[str], None]) -> list[_Sample]:
-    images = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise DatasetError(f"{shown(root / 'images')}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    rels = [p.relative_to(root / "images").with_suffix("") for p in images]
-    unique = len({r.name for r in rels}) == len(rels)
-    samples, backgrounds = [], 0
-    for image, rel in zip(images, rels):
-        _check_image(image, shown)
-        label = root / "labels" / rel.with_suffix(".txt")
-        if not label.is_file():
-            if missing_labels == "error":
-                raise DatasetError(f"{shown(image)}: no label file {shown(label)} (an image with no objects "
-                                   f"needs an empty one)")
-            backgrounds += 1
-            continue
-        boxes = _read_label(label, shown)
-        if boxes:
-            samples.append(_Sample(rel.name if unique else "_".join(rel.parts), boxes,
-                                   lambda image=image: Image.open(image)))
-    if backgrounds:
-        log(f"dataset: {backgrounds} images without a label file taken as backgrounds (COCO128 layout)")
-    return samples
-
-
-def _check_image(path: Path, shown: Callable[[Path], str]) -> None:
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError or DecompressionBombError
-        raise DatasetError(f"{shown(path)}: cannot decode image ({type(exc).__name__}: {exc})") from None
-
-
-def _read_label(path: Path, shown: Callable[[Path], str]) -> list[Box]:
-    """All lines checked; only the person boxes returned."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{shown(path)}: cannot read label file ({exc})") from None
-    boxes = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            cls, box = _parse_line(line, f"{shown(path)}:{number}")
-            if cls == PERSON:
-                boxes.append(box)
-    return boxes
-
-
-def _parse_line(line: str, where: str) -> tuple[int, Box]:
-    fields = line.split()
-    if len(fields) != 5:
-        raise DatasetError(f"{where}: expected 5 fields (class x_center y_center width height), got "
-                           f"{len(fields)}: {line.strip()!r}")
-    values = []
-    for name, field in zip(("class", "x_center", "y_center", "width", "height"), fields):
-        try:
-            value = float(field)
-        except ValueError:
-            raise DatasetError(f"{where}: {name} {field!r} is not a number") from None
-        if not math.isfinite(value):
-            raise DatasetError(f"{where}: {name} {field!r} is not a finite number")
-        values.append(value)
-    if not values[0].is_integer() or values[0] < 0:
-        raise DatasetError(f"{where}: class {fields[0]!r} is not a non-negative integer")
-    for name, field, value in zip(("x_center", "y_center", "width", "height"), fields[1:], values[1:]):
-        if not 0 <= value <= 1:
-            raise DatasetError(f"{where}: {name} {field} is outside [0, 1] (coordinates are normalised)")
-    for name, field, value in zip(("width", "height"), fields[3:], values[3:]):
-        if value <= 0:
-            raise DatasetError(f"{where}: {name} {field} must be positive")
-    return int(values[0]), tuple(values[1:])
-
-
 # --- writing -------------------------------------------------------------------------
 
-def _write(splits: dict[str, list[_Sample]], src: _Source, out_dir: Path, yaml_path: Path, *,
+def _write(splits: dict[str, list[Sample]], src: _Source, out_dir: Path, yaml_path: Path, *,
            imgsz: int, seed: int) -> int:
     """Write into a temporary folder beside `out_dir`, then swap it in by renames."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -322,7 +231,7 @@ def _write(splits: dict[str, list[_Sample]], src: _Source, out_dir: Path, yaml_p
     return sum(boxes.values())
 
 
-def _write_split(samples: list[_Sample], root: Path, split: str, imgsz: int) -> int:
+def _write_split(samples: list[Sample], root: Path, split: str, imgsz: int) -> int:
     images, labels = root / "images" / split, root / "labels" / split
     images.mkdir(parents=True)
     labels.mkdir(parents=True)
@@ -338,7 +247,7 @@ def _write_split(samples: list[_Sample], root: Path, split: str, imgsz: int) -> 
     return sum(len(s.boxes) for s in samples)
 
 
-def _yaml_text(out_dir: Path, yaml_path: Path, src: _Source, splits: dict[str, list[_Sample]]) -> str:
+def _yaml_text(out_dir: Path, yaml_path: Path, src: _Source, splits: dict[str, list[Sample]]) -> str:
     rel = Path(os.path.relpath(out_dir.resolve(), yaml_path.parent.resolve())).as_posix()
     lines = ["# Written by `python -m mlflow_cv_yolo dataset build`; paths are relative to this file.\n"]
     lines += [f"{split}: {rel}/images/{split}\n" for split in SPLITS if splits[split]]
