@@ -73,7 +73,7 @@ def test_session_prints_stack_weights_table_and_decision(grid_session):
     assert "weights: yolov8n.yaml — yolov8n.pt is not on disk" in out and "TRAINING FROM SCRATCH" in out
     assert "4 passed" in out
     assert all(name in out for name in ("lr0.002-seed7", "lr0.002-seed8", "lr0.02-seed7", "lr0.02-seed8"))
-    assert f"decision: PROMOTED" in out and f"{grid_session['model']} v1 @production" in out
+    assert "decision: PROMOTED" in out and f"{grid_session['model']} v1 @production" in out
 
 
 def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
@@ -132,7 +132,7 @@ def test_promoted_version_loads_by_alias_and_predicts(grid_session, tiny_coco, l
 
 
 def test_candidate_gets_test_split_metrics_and_decision_record(grid_session):
-    client, grid, tmp = grid_session["client"], grid_session["grid"], grid_session["tmp"]
+    client, tmp = grid_session["client"], grid_session["tmp"]
     record = json.loads((tmp / "reports" / grid_session["session"] / "decision.json").read_text())
     candidate = client.get_run(record["candidate_run_id"])
     assert {"test/mAP50-95", "test/mAP50"} <= set(candidate.data.metrics)

@@ -4,6 +4,7 @@ data directory, on 127.0.0.1 and a free port: MLflow's metadata store for
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -71,10 +72,13 @@ class MySQLServer:
             raise ServiceError("mysql: mariadb-install-db not found next to the server binary "
                                "(install the mariadb-server package)")
         self.datadir.mkdir(parents=True, exist_ok=True)
+        # An explicit env: inheriting makes the vfork()ed child exec with the C `environ`,
+        # which the thread importing ultralytics meanwhile reallocates (it sets variables
+        # at import), and exec then fails with EFAULT ("Bad address", seen in a test run).
         result = subprocess.run(
             [installer, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
              "--skip-test-db", "--user=root", "--skip-name-resolve"],
-            capture_output=True, text=True)
+            capture_output=True, text=True, env=dict(os.environ))
         if result.returncode != 0:
             shutil.rmtree(self.datadir, ignore_errors=True)
             raise ServiceError(f"mysql: {installer} failed ({result.returncode}):\n{result.stdout[-2000:]}"
@@ -115,8 +119,8 @@ class MySQLServer:
                 cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
                 # The password is new for every stack; ALTER keeps a kept datadir in step.
                 for host in ("127.0.0.1", "localhost"):
-                    cur.execute(f"CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
-                    cur.execute(f"ALTER USER %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
+                    cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
+                    cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (self.user, host, self.password))
                     cur.execute(f"GRANT ALL ON `{self.database}`.* TO %s@%s", (self.user, host))
             conn.commit()
         finally:

@@ -99,7 +99,7 @@ class ServiceProcess:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.reap_leftover()
-        env = {**os.environ, **(self.env or {})}
+        env = {**os.environ, **(self.env or {})}  # explicit, never inherited: see mysql._install_db
         with open(self.log_path, "ab") as logfile:
             try:
                 # A new session: Ctrl-C in the terminal must not reach the service
