@@ -12,15 +12,25 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = ("--set", "epochs=1", "--set", "imgsz=64", "--set", "lr0=0.01", "--set", "seed=1", "--set", "batch=8")
 
 
-def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python -m pytest experiments ARGS` from the repo root, as a user runs it,
-    with every folder the session writes moved under tmp_path."""
+def suite_command(*args: str, tmp_path: Path) -> list[str]:
+    """`python -m pytest experiments ARGS`, as a user runs it, with every folder the
+    session writes moved under tmp_path."""
     command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider",
                "--reports-dir", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "runs"), *args]
     if not any(a.startswith("--stack-dir") or a == "--fresh-stack" for a in args):
         command += ["--stack-dir", str(tmp_path / "stack")]
-    # A fresh session: nothing of this one's pytest, tracking URI or suite leaks in
-    # (image overrides such as CV_YOLO_MYSQL_IMAGE do pass).
+    return command
+
+
+def suite_env(env: dict | None = None) -> dict[str, str]:
+    """A fresh session's environment: nothing of this one's pytest, tracking URI or
+    suite leaks in (image overrides such as CV_YOLO_MYSQL_IMAGE do pass)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_SUITE"))}
     full_env.update(env or {})
-    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return full_env
+
+
+def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The suite run to completion from the repo root (see suite_command, suite_env)."""
+    return subprocess.run(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
+                          capture_output=True, text=True, timeout=timeout)

@@ -19,7 +19,7 @@ from mlflow_cv_yolo.stack.mysql import MySQLServer
 from mlflow_cv_yolo.stack.process import ServiceProcess
 from mlflow_cv_yolo.stack.providers import EmbeddedStack, ExternalStack, LocalStack, docker_engine_answers
 
-from helpers import MICRO, run_suite
+from helpers import MICRO, REPO, run_suite, suite_command, suite_env
 
 
 def group_alive(pgid: int) -> bool:
@@ -171,22 +171,19 @@ def test_suite_on_local_stack_leaves_no_process(tmp_path, data_yaml):
 
 def test_ctrl_c_stops_the_stack(tmp_path, data_yaml):
     """SIGINT in the middle of a session stops every process the stack started."""
-    command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider", "--stack", "local",
-               "--stack-dir", str(tmp_path / "stack"), "--runs-dir", str(tmp_path / "runs"),
-               "--reports-dir", str(tmp_path / "reports"), "--data", str(data_yaml), *MICRO,
-               "--set", "epochs=30", "--no-promote"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_"))}
-    proc = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = suite_command("--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=30",
+                            "--no-promote", tmp_path=tmp_path)
+    proc = subprocess.Popen(command, cwd=REPO, env=suite_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     state = tmp_path / "stack" / "local"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (state / "mlflow" / "schema-ready").exists():
         time.sleep(0.5)
     groups = pid_groups(state)
     assert len(groups) == 3, groups  # mysql, s3, mlflow
-    # Interrupt once training is under way, not at a fixed delay: while the session is
-    # still importing torch, a KeyboardInterrupt can land in a library's bare `except:`
-    # and be lost (CI saw a session that went on to pass).
+    # Interrupt once training is under way, not at a fixed delay. That is where a Ctrl-C
+    # usually lands, and where Python may drop its KeyboardInterrupt in a finaliser
+    # (CI once saw a session train on and exit 0); interrupts.check must catch that.
     while time.monotonic() < deadline and proc.poll() is None and not list((tmp_path / "runs").rglob("results.csv")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
