@@ -113,7 +113,7 @@ def _resolve(source: str, need: int, *, imgsz: int, seed: int, cache_dir: Path,
                            f"path to a YOLO-format folder or zip)")
     root = _unpack(path, scratch) if path.is_file() else path
     samples = read_yolo(_find_root(root, path), shown=_shown(root, path),
-                         missing_labels="background" if _is_coco128_layout(root) else "error", log=log)
+                        missing_labels="background" if _is_coco128_layout(root) else "error", log=log)
     return _Source(str(path.resolve()), "path", f"{path.resolve().name} (sha256 {_digest(path)})", samples)
 
 
@@ -127,7 +127,7 @@ def _coco128(zip_path: Path, scratch: contextlib.ExitStack, log: Callable[[str],
     root = _unpack(zip_path, scratch)
     # COCO128 ships two images with no label file (backgrounds): not an error there.
     samples = read_yolo(_find_root(root, zip_path), shown=_shown(root, zip_path), missing_labels="background",
-                         log=log)
+                        log=log)
     return _Source("coco128", "coco128", f"{COCO128_URL} (sha256 {_digest(zip_path)})", samples)
 
 

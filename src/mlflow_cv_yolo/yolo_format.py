@@ -52,7 +52,7 @@ def read_yolo(root: Path, *, shown: Callable[[Path], str], missing_labels: str,
         boxes = _read_label(label, shown)
         if boxes:
             samples.append(Sample(rel.name if unique else "_".join(rel.parts), boxes,
-                                   lambda image=image: Image.open(image)))
+                                  lambda image=image: Image.open(image)))
     if backgrounds:
         log(f"dataset: {backgrounds} images without a label file taken as backgrounds (COCO128 layout)")
     return samples
