@@ -1,1 +1,1 @@
-pytest_plugins = ("fixtures.options", "fixtures.stack", "fixtures.grid", "fixtures.promotion")
+pytest_plugins = ("fixtures.options", "fixtures.session", "fixtures.grid")

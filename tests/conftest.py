@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_cv_yolo.experiment import CLIENT_ENV
+from mlflow_cv_yolo.session_info import CLIENT_ENV
 from mlflow_cv_yolo.stack.providers import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]

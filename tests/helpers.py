@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,3 +35,36 @@ def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int 
     """The suite run to completion from the repo root (see suite_command, suite_env)."""
     return subprocess.run(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def start_suite(*args: str, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """The suite started in the background, its output merged into `stdout`."""
+    return subprocess.Popen(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, *, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.2):
+    """Poll `condition` until it returns something truthy; fail naming `what`, and
+    with the session's output if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the session ended (exit {proc.returncode}) before {what}:\n"
+                                 f"{proc.stdout.read()[-4000:]}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def session_of(output: str) -> str:
+    """The session id the header prints (`session: 20261127-120933-637f, experiment ...`)."""
+    return next(line.split()[1].rstrip(",") for line in output.splitlines() if line.startswith("session: "))
+
+
+def session_runs(client, session: str, experiment: str = "cv_yolo_tiny") -> dict[str, object]:
+    """run name -> run, for every run (grid and parent) of one session."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], f"tags.`suite.session` = '{session}'", max_results=100)
+    return {r.info.run_name: r for r in runs}

@@ -1,15 +1,11 @@
-"""One grid configuration as one tracked MLflow run, and the session-wide
-settings every run shares (decided once, on the controller)."""
+"""One grid configuration as one tracked MLflow run (on a worker, or the only
+process), and the checks of what the server recorded for it."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import math
-import os
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -17,46 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from . import tracking, training
 from .grid import RunConfig
+from .session_info import SessionInfo
 
-ENV = "CV_YOLO_SUITE"
-# A server with S3 artifacts offers clients presigned S3 URLs for downloads; the
-# S3 endpoint it signs for (e.g. http://s3:9000 inside compose) is often not
-# reachable from the client. Downloads go through the server instead.
-CLIENT_ENV = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": os.environ.get("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD",
-                                                                       "false")}
 REQUIRED_ARTIFACTS = ("results.csv", "args.yaml", "plots/results.png", "plots/confusion_matrix.png",
                       "plots/BoxPR_curve.png", "weights/best.pt", "weights/last.pt")
-
-
-@dataclass(frozen=True)
-class Suite:
-    """Handed from the controller to xdist workers through one environment variable."""
-
-    session_id: str
-    experiment: str
-    tracking_uri: str
-    stack_kind: str
-    data: str
-    model_requested: str
-    model_used: str
-    pretrained: bool
-    model_note: str
-    workdir: str
-    parent_run_id: str | None = None
-    git_commit: str | None = None
-    dataset_md5: str | None = None
-    dataset_dirty: bool = False
-    dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
-    dataset_lock_commit: str | None = None
-
-    def to_env(self) -> dict[str, str]:
-        return {ENV: json.dumps(dataclasses.asdict(self)), "MLFLOW_TRACKING_URI": self.tracking_uri,
-                **CLIENT_ENV}
-
-    @classmethod
-    def from_env(cls) -> "Suite | None":
-        raw = os.environ.get(ENV)
-        return cls(**json.loads(raw)) if raw else None
 
 
 def versions() -> dict[str, str]:
@@ -67,20 +27,20 @@ def versions() -> dict[str, str]:
             "mlflow": mlflow.__version__}
 
 
-def run_params(config: RunConfig, suite: Suite) -> dict[str, str]:
-    data = Path(suite.data)
+def run_params(config: RunConfig, info: SessionInfo) -> dict[str, str]:
+    data = Path(info.data)
     return {**{k: str(v) for k, v in config.values.items()},
-            "model": suite.model_requested, "model_used": suite.model_used, "data": str(data),
+            "model": info.model_requested, "model_used": info.model_used, "data": str(data),
             "data_yaml_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16],
             **{f"version.{k}": v for k, v in versions().items()}}
 
 
-def run_tags(config: RunConfig, suite: Suite) -> dict[str, str]:
-    tags = {tracking.TAG_SESSION: suite.session_id, tracking.TAG_KIND: "grid", "suite.test_id": config.id,
-            "suite.config": config.config_id, "suite.stack": suite.stack_kind,
-            "pretrained": str(suite.pretrained).lower(), "dataset.dirty": str(suite.dataset_dirty).lower()}
-    if suite.git_commit:
-        tags["mlflow.source.git.commit"] = suite.git_commit
+def run_tags(config: RunConfig, info: SessionInfo) -> dict[str, str]:
+    tags = {tracking.TAG_SESSION: info.session_id, tracking.TAG_KIND: "grid", tracking.TAG_TEST: config.id,
+            "suite.config": config.config_id, "suite.stack": info.stack_kind,
+            "pretrained": str(info.pretrained).lower(), "dataset.dirty": str(info.dataset_dirty).lower()}
+    if info.git_commit:
+        tags["mlflow.source.git.commit"] = info.git_commit
     return tags
 
 
@@ -93,28 +53,32 @@ def example_image(data_yaml: Path) -> Path:
     return min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
 
-def run_one(config: RunConfig, suite: Suite, threads: int) -> str:
+def run_one(config: RunConfig, info: SessionInfo, threads: int) -> str:
     """Train and record `config`; returns the MLflow run id. A crash ends the run
-    FAILED with its traceback as an artifact, then propagates."""
-    mlflow.set_tracking_uri(suite.tracking_uri)
-    experiment = mlflow.set_experiment(suite.experiment)
-    client = MlflowClient(suite.tracking_uri)
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.id,
-                          parent_run_id=suite.parent_run_id, tags=run_tags(config, suite)) as active:
+    FAILED with its traceback as an artifact, an interruption ends it KILLED saying
+    so; either way the exception propagates."""
+    mlflow.set_tracking_uri(info.tracking_uri)
+    client = MlflowClient(info.tracking_uri)
+    with mlflow.start_run(experiment_id=info.experiment_id, run_name=config.id,
+                          parent_run_id=info.parent_run_id, tags=run_tags(config, info)) as active:
         try:
-            mlflow.log_params(run_params(config, suite))
-            if suite.dataset_md5:
+            mlflow.log_params(run_params(config, info))
+            if info.dataset_md5:
                 from .lineage import dataset_input
 
-                mlflow.log_input(dataset_input(Path.cwd(), suite.dataset_md5, suite.dataset_source,
-                                               suite.dataset_lock_commit), context="training")
+                mlflow.log_input(dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source,
+                                               info.dataset_lock_commit), context="training")
             logger = tracking.EpochLogger(client, active.info.run_id)
-            result = training.train(config, data=Path(suite.data), model=suite.model_used,
-                                    project=Path(suite.workdir), threads=threads, callbacks=logger.callbacks)
+            result = training.train(config, data=Path(info.data), model=info.model_used,
+                                    project=Path(info.workdir), threads=threads, callbacks=logger.callbacks)
             v = versions()
-            tracking.log_results(result, example_image=example_image(Path(suite.data)), imgsz=config.imgsz,
+            tracking.log_results(result, example_image=example_image(Path(info.data)), imgsz=config.imgsz,
                                  pip_requirements=[f"ultralytics=={v['ultralytics']}", f"torch=={v['torch']}",
                                                    f"mlflow=={v['mlflow']}", "pandas", "pillow"])
+        except KeyboardInterrupt:
+            mlflow.set_tag(tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")
+            mlflow.end_run("KILLED")
+            raise
         except BaseException:
             mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
             raise

@@ -125,7 +125,7 @@ def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[s
     except FileNotFoundError:
         raise GridError(f"grid file {path}: not found") from None
     except yaml.YAMLError as exc:
-        raise GridError(f"grid file {path}: not valid YAML ({exc})") from None
+        raise GridError(f"grid file {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):
         raise GridError(f"grid file {path}: expected a mapping of keys to values")
 
@@ -148,6 +148,9 @@ def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[s
             raise GridError(f"{key}: needs at least one value")
         parsed = [FIELDS[key](key, v) for v in values]
         checked[key] = list(dict.fromkeys(parsed))
+    if len(checked["model"]) > 1:
+        # Weights are resolved, and the gate's threshold chosen, once per session.
+        raise GridError(f"model={','.join(checked['model'])}: one model per session (run the suite once per model)")
     return checked
 
 
@@ -162,4 +165,19 @@ def expand(levels: dict[str, list[Any]]) -> list[RunConfig]:
         run_id = "-".join(label.values()) or "base"
         config_id = "-".join(v for k, v in label.items() if k != "seed") or "base"
         runs.append(RunConfig(id=run_id, values=values, config_id=config_id))
+    _refuse_duplicate_ids(runs, varying)
     return runs
+
+
+def _refuse_duplicate_ids(runs: list[RunConfig], varying: list[str]) -> None:
+    """Two grid points whose ids print alike (lr0=0.01 and 0.0100000001 both read
+    "lr0.01") would share a test id, a run name and a row of the report."""
+    seen: dict[str, RunConfig] = {}
+    for run in runs:
+        if run.id in seen:
+            first = seen[run.id]
+            differ = ", ".join(f"{k}={first.values[k]!r} and {run.values[k]!r}" for k in varying
+                               if first.values[k] != run.values[k])
+            raise GridError(f"two grid points have the same test id {run.id!r} ({differ}): "
+                            "give values that differ when printed")
+        seen[run.id] = run

@@ -9,7 +9,10 @@ records the signal, and training checks the record after every batch.
 
 from __future__ import annotations
 
+import _thread
+import ctypes
 import signal
+import sys
 import threading
 
 _requested = threading.Event()
@@ -37,3 +40,23 @@ def check(*_) -> None:
     KeyboardInterrupt was swallowed. Takes any arguments: it is a trainer callback."""
     if _requested.is_set():
         raise KeyboardInterrupt("interrupted earlier; that KeyboardInterrupt was lost in a callback")
+
+
+def interrupt_main() -> None:
+    """From another thread: stop the session as a Ctrl-C would (KeyboardInterrupt in
+    the main thread, remembered for training's next batch check)."""
+    _requested.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # an ignored SIGINT (nohup) stays ignored
+        if signal.getsignal(sig) not in (signal.SIG_IGN, signal.SIG_DFL, None):
+            _thread.interrupt_main(sig)
+            return
+
+
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies. An xdist worker whose
+    controller was killed with SIGKILL then ends its run KILLED and exits, instead of
+    training on for nobody."""
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

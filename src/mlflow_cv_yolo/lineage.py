@@ -193,3 +193,35 @@ def dataset_input(project_root: Path, md5: str, remote_url: str | None, lock_com
     path differs per machine."""
     source = DvcDatasetSource(remote_url, lock_commit, out, _git_origin(project_root))
     return MetaDataset(source, name=DATASET_NAME, digest=md5)
+
+
+def ensure_built(project_root: Path, log=print, out: str = DEFAULT_OUT) -> None:
+    """Build the default dataset with `dvc repro` when it is absent (a fresh clone)."""
+    if (Path(project_root) / out).is_dir():
+        return
+    import os
+    import sys
+
+    log(f"{out} is missing: building it with `dvc repro build_dataset`")
+    # The stage runs `python -m mlflow_cv_yolo`: this interpreter's, not whatever is first on PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "build_dataset"], cwd=project_root, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stdout[-1500:] + done.stderr[-1500:]).strip().splitlines()[-5:]
+        raise LineageError(f"`dvc repro build_dataset` failed ({done.returncode}): {' | '.join(tail)}")
+    for line in done.stdout.splitlines():
+        if "source" in line.lower():
+            log(line.strip())
+
+
+def publish(project_root: Path, state: DatasetState, *, url: str, endpoint_url: str, access_key: str,
+            secret_key: str, log=print) -> str:
+    """Make the stack's S3 the DVC remote and push the locked data there, so any run's
+    data can be pulled back by its digest; returns the remote URL."""
+    configure_remote(project_root, url=url, endpoint_url=endpoint_url, access_key=access_key,
+                     secret_key=secret_key)
+    if state.clean:
+        push(project_root)
+        log(f"dataset pushed to the DVC remote {url} at {endpoint_url}")
+    return url

@@ -1,14 +1,18 @@
 """Compare a session's runs, check the promotion criteria, and move a registry
 alias to the winner. Selection uses val only; the held-out test split is
-evaluated once, for the chosen candidate (and the champion), and reported."""
+evaluated once, for the chosen candidate (and the champion), and reported.
+
+Only a complete session promotes: every selected test passed with its run
+FINISHED, and nothing interrupted it. A `-k` slice is a complete session over
+fewer configurations, and the decision says so."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -20,6 +24,9 @@ from .ranking import RunRecord
 from .tracking import logged_models
 from .training import evaluate
 
+# The registry keeps a version's description in a 5000-character column.
+DESCRIPTION_LIMIT = 5000
+
 
 @dataclass(frozen=True)
 class Criteria:
@@ -28,7 +35,37 @@ class Criteria:
     min_improvement: float    # over the production champion, on val mAP50-95
 
 
-@dataclass
+@dataclass(frozen=True)
+class Completeness:
+    """How much of what the session set out to run finished."""
+
+    selected: int      # tests the session ran (after -k)
+    grid: int          # configurations in the whole grid
+    finished: int      # selected tests that passed, with their run FINISHED
+    failed: int        # selected tests that failed or crashed
+    interrupted: bool  # Ctrl-C, SIGTERM, or a stack that could not be kept up
+
+    @property
+    def not_run(self) -> int:
+        return self.selected - self.finished - self.failed
+
+    @property
+    def complete(self) -> bool:
+        return self.selected > 0 and self.finished == self.selected and not self.interrupted
+
+    @property
+    def note(self) -> str:
+        parts = [f"{self.finished} of {self.selected} runs finished"]
+        parts += [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.not_run, "not run")) if n]
+        return "; ".join(parts + (["interrupted"] if self.interrupted else []))
+
+    @property
+    def scope(self) -> str:
+        """'' for the whole grid; a -k slice is named, not hidden."""
+        return f"partial grid: {self.selected} of {self.grid} configurations" if self.selected < self.grid else ""
+
+
+@dataclass(frozen=True)
 class Criterion:
     name: str
     threshold: float | None
@@ -37,14 +74,15 @@ class Criterion:
     note: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
-    outcome: str                 # "promoted", "rejected" or "skipped"
+    outcome: str                 # "promoted", "rejected", "incomplete" or "skipped"
     reason: str
     session: str
+    scope: str = ""              # "partial grid: 2 of 8 configurations" for a -k slice
     candidate: str | None = None
     candidate_run_id: str | None = None
-    criteria: list[Criterion] = field(default_factory=list)
+    criteria: tuple[Criterion, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     champion: dict | None = None
@@ -53,11 +91,16 @@ class Decision:
     version: str | None = None
     alias: str | None = None
     dataset_digest: str | None = None
-    table: list[dict] = field(default_factory=list)
+    table: tuple[dict, ...] = ()
 
     @property
     def failed(self) -> list[Criterion]:
         return [c for c in self.criteria if not c.passed]
+
+    @property
+    def blocks_the_gate(self) -> bool:
+        """True when the session must exit non-zero."""
+        return self.outcome in ("rejected", "incomplete")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,15 +108,18 @@ class Decision:
     def markdown(self) -> str:
         lines = [f"# Promotion decision — session {self.session}", "",
                  f"**Outcome: {self.outcome}.** {self.reason}", ""]
+        if self.scope:
+            lines += [f"Scope: {self.scope}.", ""]
         if self.candidate:
             lines += [f"Candidate: `{self.candidate}` (run `{self.candidate_run_id}`)", ""]
             if self.version:
                 lines += [f"Registered as `{self.registered_model}` version {self.version}, alias `{self.alias}`.", ""]
         if self.dataset_digest:
             lines += [f"Dataset digest (DVC): `{self.dataset_digest}`", ""]
-        lines += ["| criterion | threshold | value | outcome | note |", "|---|---|---|---|---|"]
-        lines += [f"| {c.name} | {_fmt(c.threshold)} | {_fmt(c.value)} | {'pass' if c.passed else 'FAIL'} | {c.note} |"
-                  for c in self.criteria]
+        if self.criteria:
+            lines += ["| criterion | threshold | value | outcome | note |", "|---|---|---|---|---|"]
+            lines += [f"| {c.name} | {_fmt(c.threshold)} | {_fmt(c.value)} | {'pass' if c.passed else 'FAIL'} "
+                      f"| {c.note} |" for c in self.criteria]
         if self.metrics:
             lines += ["", "Candidate metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(self.metrics.items()))]
         if self.params:
@@ -120,37 +166,42 @@ def _weights_from_run(client: MlflowClient, run_id: str, into: Path) -> Path:
     return Path(client.download_artifacts(run_id, "weights/best.pt", str(into)))
 
 
-def _champion(client: MlflowClient, name: str):
+def _holder(client: MlflowClient, name: str, alias: str):
+    """The version holding `alias`, or None (no such model or alias yet)."""
     try:
-        return client.get_model_version_by_alias(name, "production")
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
 
 
-def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteria: Criteria, pretrained: bool,
-           registered_model: str, data: Path, workdir: Path, log: Callable[[str], None] = print) -> Decision:
+def skipped(session: str, runs: list[RunRecord], why: str) -> Decision:
+    return Decision("skipped", why, session, table=tuple(ranking.runs_table(runs)))
+
+
+def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, completeness: Completeness,
+           criteria: Criteria, pretrained: bool, weights_note: str, dataset_digest: str | None,
+           registered_model: str, data: Path, workdir: Path) -> Decision:
     """Rank, evaluate the candidate (and any champion) on val and test, check criteria."""
     ranked = ranking.rank_configs(runs)
+    base = dict(session=session, scope=completeness.scope, dataset_digest=dataset_digest,
+                table=tuple(ranking.runs_table(runs)), noise=ranking.seed_noise(ranked).sentence)
+    if not completeness.complete:
+        return Decision("incomplete", f"not promoted: incomplete session ({completeness.note})", **base)
     candidate = ranking.choose_candidate(ranked)
-    finished = sum(len(c.runs) for c in ranked)
-    decision = Decision("rejected", "", session, table=ranking.runs_table(runs), noise=ranking.seed_noise(ranked).sentence)
-    decision.criteria.append(Criterion("finished runs", 1, float(finished), finished >= 1,
-                                       f"{len(runs) - finished} of {len(runs)} runs failed or logged no mAP"
-                                       if finished < len(runs) else ""))
+    complete = Criterion("complete session", None, None, True,
+                         f"{completeness.note}" + (f" ({completeness.scope})" if completeness.scope else ""))
     if candidate is None:
-        decision.reason = "no run finished with a finite mAP50-95: nothing to promote"
-        return decision
+        return Decision("rejected", "no run finished with a finite mAP50-95: nothing to promote",
+                        criteria=(complete,), **base)
 
-    decision.candidate, decision.candidate_run_id = candidate.name, candidate.run_id
-    decision.params = candidate.params
     threshold, why = ((criteria.min_map, "min_map: runs started from pretrained weights") if pretrained else
                       (criteria.min_map_scratch, "min_map_scratch: pretrained weights unavailable, "
                                                  "runs trained from scratch cannot reach min_map "
                                                  f"({criteria.min_map})"))
     best = candidate.metrics[ranking.METRIC]
-    decision.criteria.append(Criterion("best mAP50-95 (val)", threshold, best, best >= threshold, why))
+    checks = [complete, Criterion("best mAP50-95 (val)", threshold, best, best >= threshold, why)]
 
     work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
     imgsz = int(candidate.params.get("imgsz", 320))
@@ -158,13 +209,18 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteri
     test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test")
     client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
     client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
-    decision.metrics = {**{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
-                        **{f"test/{k}": v for k, v in test.items()}}
+    metrics = {**{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
+               **{f"test/{k}": v for k, v in test.items()}}
+    # The table shows the candidate's test figures beside everyone's val figures.
+    runs = [dataclasses.replace(r, metrics={**r.metrics, **{f"test/{k}": v for k, v in test.items()}})
+            if r.run_id == candidate.run_id else r for r in runs]
+    base["table"] = tuple(ranking.runs_table(runs))
 
-    champion = _champion(client, registered_model)
+    champion_record = None
+    champion = _holder(client, registered_model, "production")
     if champion is None:
-        decision.criteria.append(Criterion("improvement over champion", criteria.min_improvement, None, True,
-                                           "no version holds `production`: the absolute threshold alone decides"))
+        checks.append(Criterion("improvement over champion", criteria.min_improvement, None, True,
+                                "no version holds `production`: the absolute threshold alone decides"))
     else:
         source = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}@production",
                                                           dst_path=str(work / "champion")))
@@ -175,20 +231,24 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, criteri
         champ_val = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val")
         champ_test = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work,
                               name="champion-test")
-        decision.champion = {"version": champion.version, "run_id": champion.run_id,
-                             "val/mAP50-95": champ_val["mAP50-95"], "test/mAP50-95": champ_test["mAP50-95"],
-                             "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"]}
+        champion_record = {"version": champion.version, "run_id": champion.run_id,
+                           "val/mAP50-95": champ_val["mAP50-95"], "test/mAP50-95": champ_test["mAP50-95"],
+                           "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"]}
         gain = val["mAP50-95"] - champ_val["mAP50-95"]
-        decision.criteria.append(Criterion(
+        checks.append(Criterion(
             "improvement over champion", criteria.min_improvement, gain, gain > criteria.min_improvement,
             f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val"))
 
-    if decision.failed:
-        decision.reason = "; ".join(f"{c.name} failed" for c in decision.failed) + ": nothing registered"
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        outcome, reason = "rejected", "; ".join(f"{c.name} failed" for c in failed) + ": nothing registered"
     else:
-        decision.outcome = "promoted"
-        decision.reason = f"{candidate.name} passed every criterion"
-    return decision
+        outcome, reason = "promoted", f"{candidate.name} passed every criterion"
+    if not pretrained:
+        reason += f" [weights: {weights_note}]"
+    return Decision(outcome, reason, candidate=candidate.name, candidate_run_id=candidate.run_id,
+                    criteria=tuple(checks), metrics=metrics, params=dict(candidate.params),
+                    champion=champion_record, **base)
 
 
 def check_loads(model_uri: str) -> None:
@@ -204,18 +264,38 @@ def check_loads(model_uri: str) -> None:
         raise RuntimeError(f"{model_uri} predicts columns {list(boxes.columns)}, expected {COLUMNS}")
 
 
+def _description(markdown: str) -> str:
+    if len(markdown) <= DESCRIPTION_LIMIT:
+        return markdown
+    tail = "\n\n(truncated: the whole record is the run's artifact decision/decision.md)\n"
+    return markdown[:DESCRIPTION_LIMIT - len(tail)] + tail
+
+
 def promote(client: MlflowClient, decision: Decision, *, registered_model: str, alias: str,
-            tags: dict[str, str]) -> None:
-    """Register the candidate's logged model and point `alias` at the new version."""
+            tags: dict[str, str]) -> Decision:
+    """Register the candidate's logged model and move `alias` to the new version.
+
+    The order keeps the registry consistent whatever step fails: the new version gets
+    its tags and description first and the alias moves last, so a failure leaves the
+    alias where it was (on a version that is complete); the version that loses the
+    alias then loses its `stage` tag."""
     (model,) = logged_models(client, decision.candidate_run_id)
     check_loads(f"models:/{model.model_id}")
-    version = mlflow.register_model(f"models:/{model.model_id}", registered_model)
-    client.set_registered_model_alias(registered_model, alias, version.version)
-    client.set_model_version_tag(registered_model, version.version, "stage", alias)
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_model, version.version, key, value)
+    version = mlflow.register_model(f"models:/{model.model_id}", registered_model).version
+    promoted = dataclasses.replace(decision, registered_model=registered_model, version=version, alias=alias)
+    for key, value in {"stage": alias, **tags}.items():
+        client.set_model_version_tag(registered_model, version, key, value)
+    client.update_model_version(registered_model, version, description=_description(promoted.markdown()))
+
+    previous = _holder(client, registered_model, alias)
+    client.set_registered_model_alias(registered_model, alias, version)
     held = client.get_model_version_by_alias(registered_model, alias)
-    if held.version != version.version:
-        raise RuntimeError(f"alias {alias} of {registered_model} points at v{held.version}, not v{version.version}")
-    decision.registered_model, decision.version, decision.alias = registered_model, version.version, alias
-    client.update_model_version(registered_model, version.version, description=decision.markdown())
+    if held.version != version:
+        raise RuntimeError(f"alias {alias} of {registered_model} points at v{held.version}, not v{version}")
+    if previous is not None and previous.version != version and previous.tags.get("stage") == alias:
+        others = [a for a in client.get_model_version(registered_model, previous.version).aliases if a != alias]
+        if others:
+            client.set_model_version_tag(registered_model, previous.version, "stage", others[0])
+        else:
+            client.delete_model_version_tag(registered_model, previous.version, "stage")
+    return promoted

@@ -33,6 +33,8 @@ METRIC_NAMES = {
 FINAL = ("mAP50-95", "mAP50", "precision", "recall")
 TAG_SESSION = "suite.session"
 TAG_KIND = "suite.kind"  # "grid" for a configuration's run, "session" for the parent
+TAG_TEST = "suite.test_id"
+TAG_END = "suite.end_reason"  # why a run ended other than FINISHED by its own code
 
 
 def rename(metrics: dict[str, float]) -> dict[str, float]:
@@ -128,3 +130,26 @@ def histories(client: MlflowClient, runs: list[RunRecord], names: tuple[str, ...
     """run_id -> metric -> [(step, value)], for the report's curves."""
     return {r.run_id: {n: [(m.step, m.value) for m in client.get_metric_history(r.run_id, n)
                            if math.isfinite(m.value)] for n in names} for r in runs}
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def end_running(client: MlflowClient, experiment_id: str, session_id: str, *, status: str, reason: str,
+                test_id: str | None = None, kinds: tuple[str, ...] = ("grid", "session")) -> list[str]:
+    """End a session's runs still RUNNING (of one test, if given) with `status` and a
+    tag saying why: after a crash, an interruption or a killed controller nothing may
+    stay RUNNING forever. Returns their run ids."""
+    query = f"tags.`{TAG_SESSION}` = '{session_id}' and attributes.status = 'RUNNING'"
+    if test_id is not None:
+        query += f" and tags.`{TAG_TEST}` = '{test_id}'"
+    ended = []
+    for run in client.search_runs([experiment_id], query, max_results=1000):
+        if run.data.tags.get(TAG_KIND) not in kinds:
+            continue
+        client.set_tag(run.info.run_id, TAG_END, reason)
+        client.set_terminated(run.info.run_id, status)
+        ended.append(run.info.run_id)
+    return ended

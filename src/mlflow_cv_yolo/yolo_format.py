@@ -104,3 +104,42 @@ def _parse_line(line: str, where: str) -> tuple[int, Box]:
         if value <= 0:
             raise DatasetError(f"{where}: {name} {field} must be positive")
     return int(values[0]), tuple(values[1:])
+
+
+def label_path(image: Path) -> Path:
+    """Where ultralytics looks for an image's labels: the last `images` folder of its
+    path replaced by `labels`, suffix `.txt`."""
+    parts = list(image.parts)
+    index = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:index], "labels", *parts[index + 1:]).with_suffix(".txt")
+
+
+def check_split(images_dir: Path, *, classes: int, shown: Callable[[Path], str] = str) -> tuple[int, int]:
+    """Decode every image of one split and check every line of its labels, as ultralytics
+    would read them, with class ids below `classes`. Returns (images, boxes). An image
+    without a label file is a background image, as in ultralytics."""
+    images = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise DatasetError(f"{shown(images_dir)}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if "images" not in images_dir.resolve().parts:
+        raise DatasetError(f"{shown(images_dir)}: not under an `images` folder, so ultralytics finds no labels "
+                           f"for it (expected .../images/<split> with .../labels/<split> beside it)")
+    boxes = 0
+    for image in images:
+        _check_image(image, shown)
+        label = label_path(image.resolve())
+        if not label.is_file():
+            continue
+        try:
+            text = label.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{shown(label)}: cannot read label file ({exc})") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            cls, _ = _parse_line(line, f"{shown(label)}:{number}")
+            if cls >= classes:
+                raise DatasetError(f"{shown(label)}:{number}: class {cls} is not one of the dataset's {classes} "
+                                   f"names (0..{classes - 1})")
+            boxes += 1
+    return len(images), boxes

@@ -1,0 +1,115 @@
+"""What the user gave, checked before any stack starts: a bad value costs one line
+naming it, and nothing is started, created or written.
+
+Each check raises `InputError` with that line; the session turns it into a usage error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from .yolo_format import DatasetError, check_split
+
+SPLITS = ("train", "val", "test")
+
+
+class InputError(ValueError):
+    """An option, file or value the session cannot use; the message is one line naming it."""
+
+
+def shown_uri(uri: str) -> str:
+    """A tracking URI fit to print: credentials in it (user:password@host) are masked."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_tracking_uri(uri: str, *, name: str = "MLFLOW_TRACKING_URI") -> None:
+    """The suite's workers talk to a tracking *server*: an http(s) URL with a host."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{name}={shown_uri(uri)!r}: not the http(s) URL of an MLflow tracking server "
+                         "(e.g. http://127.0.0.1:5000)")
+
+
+def check_model(name: str) -> None:
+    """A model file here, or one ultralytics can fetch or build: a typo must not surface
+    only after the stack started and every run failed."""
+    if Path(name).is_file():
+        return
+    if name.endswith(".yaml"):
+        from ultralytics.nn.tasks import yaml_model_load
+
+        try:
+            yaml_model_load(name)
+        except Exception:  # ultralytics raises FileNotFoundError, or others for a bad scale
+            raise InputError(f"model {name!r}: no such file here, and not a model definition ultralytics "
+                             "ships (e.g. yolov8n.yaml)") from None
+        return
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    if Path(name).name in GITHUB_ASSETS_NAMES:
+        return
+    close = difflib.get_close_matches(Path(name).name, sorted(GITHUB_ASSETS_NAMES), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise InputError(f"model {name!r}: no such file here, and ultralytics releases no weights of that name{hint}")
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    yaml_path: Path
+    classes: int
+    images: dict[str, int]  # split -> images
+    boxes: dict[str, int]   # split -> label lines
+
+
+def check_dataset(yaml_path: Path) -> DatasetSummary:
+    """Read a YOLO dataset yaml the way ultralytics does and check every image and
+    label line of every split it names with the project's `file:line` validator:
+    ultralytics itself drops a bad label or a truncated image with a warning, and a
+    session would then train (and promote) on less than it was given."""
+    yaml_path = Path(yaml_path)
+    try:
+        spec = yaml.safe_load(yaml_path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"--data {yaml_path}: dataset yaml not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"--data {yaml_path}: not readable YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"--data {yaml_path}: expected a mapping with train, val and names")
+    for key in ("train", "val", "names"):
+        if not spec.get(key):
+            raise InputError(f"--data {yaml_path}: field {key!r} is missing")
+    names = spec["names"]
+    if not isinstance(names, (dict, list)) or not names:
+        raise InputError(f"--data {yaml_path}: field 'names' must be a list or a mapping of class names")
+    if isinstance(names, dict) and sorted(names) != list(range(len(names))):
+        raise InputError(f"--data {yaml_path}: field 'names' must number its classes 0..{len(names) - 1}")
+    base = yaml_path.parent
+    if spec.get("path"):
+        base = Path(os.path.expanduser(str(spec["path"])))
+        base = base if base.is_absolute() else (yaml_path.parent / base)
+    images, boxes = {}, {}
+    for split in SPLITS:
+        value = spec.get(split)
+        if not value:
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"--data {yaml_path}: field {split!r} must be one folder of images, got {value!r}")
+        folder = (base / value).resolve()
+        if not folder.is_dir():
+            raise InputError(f"--data {yaml_path}: field {split!r}: {folder} is not a folder")
+        try:
+            images[split], boxes[split] = check_split(folder, classes=len(names))
+        except DatasetError as exc:
+            raise InputError(f"--data {yaml_path}: {exc}") from None
+    return DatasetSummary(yaml_path, len(names), images, boxes)

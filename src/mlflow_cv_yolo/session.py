@@ -1,0 +1,343 @@
+"""One experiment session, from its stack's start to its promotion decision.
+
+Like pytest-xdist's DSession, this object owns a session's whole life on the
+controller (or the only process); the pytest plugin (fixtures/session.py) calls one
+method a hook, in this order:
+
+1. `start()`      check every input, start the stack and resolve the weights, put the
+                  data on the stack, open the session's parent run -> `SessionInfo`,
+                  what each worker gets (xdist's workerinput)
+2. `collected()`  the tests the session selected (after -k)
+3. `record()`     each test's outcome, as pytest reports it (also a crashed worker's)
+4. `finish()`     was the session complete? decide, promote, report -> `Conclusion`
+5. `stop()`       the health monitor, then the stack
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mlflow.tracking import MlflowClient
+
+from . import interrupts, preflight, promotion, report, tracking, weights
+from .grid import RunConfig
+from .preflight import InputError
+from .promotion import Completeness, Decision
+from .session_info import SessionInfo
+from .settings import Settings
+from .stack import ServiceError, StackInfo, choose, make_stack
+from .stack.claim import StackInUse, claim
+
+# Exit status of a session whose tracking stack could not start, or died and could
+# not be restarted (pytest's own statuses are 0-5).
+STACK_FAILED = 6
+CURVES = ("mAP50-95", "train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss",
+          "val/dfl_loss")
+
+
+class StackError(RuntimeError):
+    """The tracking stack could not be started; one line (and a service's log tail)."""
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    """What `finish()` found; the plugin prints it and sets the exit status from it."""
+
+    decision: Decision | None = None
+    report: Path | None = None
+    record: Path | None = None
+    session_url: str | None = None
+    error: str | None = None          # the conclusion itself crashed (a traceback)
+    stack_failure: str | None = None  # the stack died mid-session and could not be restarted
+
+    def exit_status(self, pytest_status: int) -> int:
+        if self.stack_failure:
+            return STACK_FAILED
+        if pytest_status != 0:
+            return pytest_status
+        return 1 if self.error or (self.decision is not None and self.decision.blocks_the_gate) else 0
+
+
+@dataclass
+class _Test:
+    phases: dict[str, str] = field(default_factory=dict)  # "setup"/"call"/"teardown"/"???" -> outcome
+    run_id: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.phases.get("call") == "passed" and "failed" not in self.phases.values()
+
+
+def git_commit(root: Path) -> str | None:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+class Session:
+    def __init__(self, settings: Settings, grid: list[RunConfig], log: Callable[[str], None] = print):
+        self.settings = settings
+        self.grid = grid
+        self.log = log
+        self.session_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        self.stack = None
+        self.stack_info: StackInfo | None = None
+        self.info: SessionInfo | None = None
+        self.monitor = None
+        self.selected: list[str] = []
+        self.tests: dict[str, _Test] = {}
+        self.stack_failure: str | None = None
+        self._claim = None
+        self._state_dir: Path | None = None
+        self._ready_in = self._state_shown = ""
+
+    # -- 1. start ---------------------------------------------------------------------
+
+    def start(self) -> SessionInfo:
+        """Raises InputError (nothing started) or StackError (what started is stopped)."""
+        s = self.settings
+        kind, reason = choose(s.stack)
+        data_state = self._check_inputs(kind)
+        choice = self._required_weights()
+        self._state_dir = Path(tempfile.mkdtemp(prefix="cv-yolo-stack-")) if s.fresh_stack else s.stack_dir
+        self.stack = make_stack(kind, self._state_dir, log=self.log, **s.images)
+        if kind != "external":  # a shared external server has no folder of ours
+            try:
+                self._claim = claim(self.stack.state_dir, session=self.session_id, what="an experiment session")
+            except StackInUse as exc:
+                raise InputError(f"--stack-dir: {exc}") from None
+        started = time.monotonic()
+        # Looking for the weights (maybe downloading them) overlaps the stack's start.
+        with ThreadPoolExecutor(1) as pool:
+            model = pool.submit(lambda: choice or weights.resolve(self.grid[0].model))
+            try:
+                self.stack_info = self.stack.start(reason)
+            except (ServiceError, RuntimeError) as exc:
+                raise StackError(f"--stack {kind}: {exc}") from None
+            choice = model.result()
+        ready = f"{time.monotonic() - started:.1f} s"
+        lineage = self._publish_data(data_state)
+
+        client = MlflowClient(self.stack_info.tracking_uri)
+        experiment_id = tracking.ensure_experiment(client, s.experiment)
+        self._end_dead_session(client, experiment_id)
+        commit = git_commit(s.root)
+        parent = client.create_run(experiment_id, run_name=f"session-{self.session_id}", tags={
+            tracking.TAG_SESSION: self.session_id, tracking.TAG_KIND: "session", "suite.stack": kind,
+            "pretrained": str(choice.pretrained).lower(), **({"mlflow.source.git.commit": commit} if commit else {})})
+        self.info = SessionInfo(
+            session_id=self.session_id, experiment=s.experiment, experiment_id=experiment_id,
+            tracking_uri=self.stack_info.tracking_uri, stack_kind=kind, data=str(s.data),
+            model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
+            model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
+            git_commit=commit, **lineage)
+        self._ready_in, self._state_shown = ready, (f"{self._state_dir} (throwaway)" if s.fresh_stack
+                                                    else str(self.stack.state_dir))
+        self._start_monitor(kind)
+        return self.info
+
+    def _check_inputs(self, kind: str):
+        """Everything that can be refused before a process starts or a file is written."""
+        s = self.settings
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if kind == "external":
+            if not uri:
+                raise InputError("--stack external: set MLFLOW_TRACKING_URI to the tracking server's URL")
+            preflight.check_tracking_uri(uri)
+        data_state = None
+        if s.default_data:
+            from . import lineage  # DVC is slow to import; only the default dataset needs it
+
+            try:
+                lineage.ensure_built(s.root, log=self.log)
+            except lineage.LineageError as exc:
+                raise InputError(str(exc)) from None
+            data_state = lineage.check_dataset(s.root, lineage.DEFAULT_OUT)
+            if not data_state.clean and not s.allow_dirty_data:
+                raise InputError(f"{lineage.DEFAULT_OUT} differs from dvc.lock: {'; '.join(data_state.problems)}. "
+                                 "Run `dvc repro` (rebuild) or `dvc pull` (fetch the locked version), "
+                                 "or pass --allow-dirty-data to train on it anyway (runs are tagged dirty)")
+        preflight.check_dataset(s.data)
+        preflight.check_model(self.grid[0].model)
+        return data_state
+
+    def _required_weights(self) -> weights.ModelChoice | None:
+        """With --require-pretrained, missing weights stop the session before anything starts."""
+        if not self.settings.require_pretrained:
+            return None
+        try:
+            return weights.resolve(self.grid[0].model, require_pretrained=True)
+        except weights.WeightsError as exc:
+            raise InputError(str(exc)) from None
+
+    def _publish_data(self, state) -> dict:
+        """Lineage fields for the SessionInfo; {} for a dataset given with --data."""
+        if state is None:
+            return {}
+        from . import lineage
+
+        source = "dvc.lock (this stack has no S3 for a DVC remote)"
+        s3 = self.stack_info.s3
+        if s3 is not None:
+            source = lineage.publish(self.settings.root, state, url=f"s3://{s3.bucket}/dvc",
+                                     endpoint_url=s3.endpoint_url, access_key=s3.access_key,
+                                     secret_key=s3.secret_key, log=self.log)
+        return {"dataset_md5": state.md5, "dataset_dirty": not state.clean, "dataset_source": source,
+                "dataset_lock_commit": lineage.lock_commit(self.settings.root)}
+
+    def _end_dead_session(self, client: MlflowClient, experiment_id: str) -> None:
+        """A controller killed with SIGKILL (OOM, a closed terminal) left its claim and
+        its runs RUNNING: end them, saying so."""
+        dead = self._claim.previous if self._claim else None
+        if not dead or not dead.get("session"):
+            return
+        ended = tracking.end_running(client, experiment_id, dead["session"], status="KILLED",
+                                     reason=f"session {dead['session']} died (its controller, pid {dead.get('pid')}, "
+                                            f"ended without stopping); marked by session {self.session_id}")
+        if ended:
+            self.log(f"session {dead['session']} was killed before it ended: marked its {len(ended)} RUNNING "
+                     "runs KILLED")
+
+    def _start_monitor(self, kind: str) -> None:
+        if kind == "external":
+            return
+        try:  # MERGE-A: the monitor arrives with the stack branch
+            from .stack.monitor import HealthMonitor
+        except ImportError:
+            return
+
+        self.monitor = HealthMonitor(self.stack, log=self.log, on_failure=self._stack_failed)
+        self.monitor.start()
+
+    def _stack_failed(self, message: str) -> None:
+        """From the monitor's thread: the stack is gone for good; stop the session now
+        rather than leave every client retrying for many minutes."""
+        self.stack_failure = message
+        interrupts.interrupt_main()
+
+    def worker_input(self) -> dict:
+        return self.info.to_dict()
+
+    def header_lines(self) -> list[str]:
+        info, stack = self.info, self.stack_info
+        lines = [f"stack: {stack.kind} ({stack.reason})"]
+        lines += [f"  {name}: {value}" for name, value in stack.endpoints.items()]
+        lines += [f"  ready in: {self._ready_in}", f"  state: {self._state_shown}"]
+        lines += [f"session: {info.session_id}, experiment {info.experiment!r}"]
+        weights_line = f"weights: {info.model_used}" + ("" if info.pretrained else f" — {info.model_note}")
+        lines += [weights_line if info.pretrained else "!" * 8 + " " + weights_line]
+        data = f"data: {info.data}"
+        if info.dataset_md5:
+            data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
+        return lines + [data]
+
+    # -- 2. and 3. the tests ----------------------------------------------------------
+
+    def collected(self, test_ids: list[str]) -> None:
+        self.selected = list(test_ids)
+
+    def record(self, test_id: str, *, phase: str, outcome: str, run_id: str | None = None,
+               crash: str | None = None) -> None:
+        """One report of one test. A crashed worker's test ("???" phase) and a test that
+        failed after its run FINISHED must not leave that run looking usable."""
+        test = self.tests.setdefault(test_id, _Test())
+        test.phases[phase] = outcome
+        test.run_id = run_id or test.run_id
+        if outcome != "failed" or self.info is None:
+            return
+        client = MlflowClient(self.info.tracking_uri)
+        if crash is not None:
+            tracking.end_running(client, self.info.experiment_id, self.session_id, status="FAILED",
+                                 reason=crash, test_id=test_id, kinds=("grid",))
+        elif test.run_id and client.get_run(test.run_id).info.status == "FINISHED":
+            client.set_tag(test.run_id, tracking.TAG_END, f"its test failed in {phase}: the run is not a result")
+            client.set_terminated(test.run_id, "FAILED")
+
+    # -- 4. the end -------------------------------------------------------------------
+
+    def finish(self, *, interrupted: bool) -> Conclusion:
+        if self.info is None:
+            return Conclusion()
+        if self.stack_failure:
+            return Conclusion(stack_failure=self.stack_failure)
+        try:
+            return self._conclude(interrupted)
+        except Exception:  # the gate must fail loudly, not pass
+            return Conclusion(error=traceback.format_exc())
+
+    def _completeness(self, runs, interrupted: bool) -> Completeness:
+        status = {r.run_id: r.status for r in runs}
+        tests = [self.tests.get(t, _Test()) for t in self.selected]
+        finished = sum(1 for t in tests if t.passed and status.get(t.run_id) == "FINISHED")
+        failed = sum(1 for t in tests if "failed" in t.phases.values()
+                     or (t.passed and status.get(t.run_id) != "FINISHED"))
+        return Completeness(selected=len(self.selected), grid=len(self.grid), finished=finished, failed=failed,
+                            interrupted=interrupted)
+
+    def _conclude(self, interrupted: bool) -> Conclusion:
+        s, info = self.settings, self.info
+        client = MlflowClient(info.tracking_uri)
+        reason = ("the session was interrupted while it ran" if interrupted
+                  else "still RUNNING when its session ended (its test never reported)")
+        tracking.end_running(client, info.experiment_id, info.session_id, status="KILLED" if interrupted else "FAILED",
+                             reason=reason, kinds=("grid",))
+        runs = tracking.session_runs(client, info.experiment_id, info.session_id)
+        if not runs and not self.selected:
+            client.set_terminated(info.parent_run_id, "KILLED" if interrupted else "FINISHED")
+            return Conclusion()
+        completeness = self._completeness(runs, interrupted)
+        if not s.promote:
+            decision = promotion.skipped(info.session_id, runs, "--no-promote")
+        else:
+            decision = promotion.decide(
+                client, runs, session=info.session_id, completeness=completeness, criteria=s.criteria,
+                pretrained=info.pretrained, weights_note=info.model_note, dataset_digest=info.dataset_md5,
+                registered_model=s.registered_model, data=Path(info.data), workdir=Path(info.workdir))
+            if decision.outcome == "promoted":
+                decision = promotion.promote(client, decision, registered_model=s.registered_model,
+                                             alias=s.promote_to, tags={
+                                                 "promoted_by.session": info.session_id,
+                                                 "promoted_by.git_commit": info.git_commit or "",
+                                                 "pretrained": str(info.pretrained).lower()})
+            runs = tracking.session_runs(client, info.experiment_id, info.session_id)  # with test/ metrics now
+        folder = s.reports_dir / info.session_id
+        md, js = decision.write(folder)
+        base = f"{info.tracking_uri}/#/experiments/{info.experiment_id}/runs"
+        files = report.write_report(folder, session_id=info.session_id, runs=runs,
+                                    histories=tracking.histories(client, runs, CURVES), decision=decision.to_dict(),
+                                    run_url=lambda run: f"{base}/{run.run_id}")
+        for path in (md, js):
+            client.log_artifact(info.parent_run_id, str(path), "decision")
+            if decision.candidate_run_id:
+                client.log_artifact(decision.candidate_run_id, str(path), "decision")
+        for path in (files.html, files.markdown, *files.plots):
+            client.log_artifact(info.parent_run_id, str(path), "report")
+        client.set_terminated(info.parent_run_id, "KILLED" if interrupted else
+                              "FAILED" if decision.blocks_the_gate else "FINISHED")
+        return Conclusion(decision, files.html, md, f"{base}/{info.parent_run_id}")
+
+    # -- 5. stop ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Idempotent: called by pytest's cleanup, and by atexit as a backstop."""
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+        if self.stack is not None:
+            self.stack.stop()
+            self.stack = None
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+        if self.settings.fresh_stack and self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None

@@ -1,0 +1,50 @@
+"""What the session's controller hands every worker, decided once: where to track,
+which session and parent run, which weights and data. Travels as a plain dict
+(xdist's `workerinput`, a Ray task's argument)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# MLflow client settings, the same in every process of a session (MLflow reads them
+# from the environment at each call):
+# - downloads go through the server: presigned S3 URLs may name an endpoint only the
+#   server reaches (compose: http://s3:9000);
+# - no "🏃 View run" lines and progress bars in the middle of pytest's output;
+# - retries bridge a stack service restarted by the health monitor (seconds), without
+#   hanging for many minutes when the stack is gone for good.
+CLIENT_ENV = {
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    stack_kind: str
+    data: str
+    model_requested: str
+    model_used: str
+    pretrained: bool
+    model_note: str
+    workdir: str
+    parent_run_id: str
+    git_commit: str | None = None
+    dataset_md5: str | None = None
+    dataset_dirty: bool = False
+    dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
+    dataset_lock_commit: str | None = None
+    client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "SessionInfo":
+        return cls(**raw)

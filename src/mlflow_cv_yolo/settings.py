@@ -1,0 +1,93 @@
+"""A session's settings: every option, parsed and checked once, as one frozen value.
+
+The pytest plugin builds it from the command line and pytest.ini; nothing here
+knows about pytest. Parsers raise `ValueError` with the text pytest shows after
+the option's name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .grid import RunConfig, expand, load_grid
+from .promotion import Criteria
+
+
+def fraction(text: str) -> float:
+    """A threshold on mAP: a finite number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise ValueError(f"{text} is not in [0, 1]")
+    return value
+
+
+def margin(text: str) -> float:
+    """A gain over the champion: a finite number in [-1, 1] (mAP differences)."""
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"{text} is not a finite number in [-1, 1]")
+    return value
+
+
+def criteria_from(given: dict[str, float | None], ini: dict[str, str]) -> Criteria:
+    """Command line first, then pytest.ini; an ini value out of range names its key."""
+    values = {}
+    for key, parse in (("min_map", fraction), ("min_map_scratch", fraction), ("min_improvement", margin)):
+        if given.get(key) is not None:
+            values[key] = given[key]
+            continue
+        try:
+            values[key] = parse(str(ini[key]))
+        except ValueError as exc:
+            raise ValueError(f"pytest.ini {key} = {ini[key]!r}: {exc}") from None
+    return Criteria(**values)
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    grid_file: Path
+    overrides: tuple[tuple[str, tuple[str, ...]], ...]
+    data: Path
+    default_data: bool
+    experiment: str
+    stack: str
+    stack_dir: Path
+    fresh_stack: bool
+    criteria: Criteria
+    registered_model: str
+    promote_to: str
+    promote: bool
+    require_pretrained: bool
+    allow_dirty_data: bool
+    reports_dir: Path
+    runs_dir: Path
+    images: dict[str, str | None] = field(default_factory=dict)
+
+    def load_grid(self) -> list[RunConfig]:
+        """The whole grid (before -k): read only when the experiment tests are collected."""
+        return expand(load_grid(self.grid_file, [(k, list(v)) for k, v in self.overrides]))
+
+
+def absolute(path: Path | str, root: Path) -> Path:
+    path = Path(path).expanduser()
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: Criteria) -> Settings:
+    """`options` as the command line gave them (paths relative to `cwd`)."""
+    overrides = [(k, tuple(v)) for k, v in options["grid_set"]]
+    if options.get("model"):
+        overrides.append(("model", (options["model"],)))
+    data = options.get("data")
+    return Settings(
+        root=root, grid_file=absolute(options.get("grid") or root / "experiments" / "grid.yaml", cwd),
+        overrides=tuple(overrides), data=absolute(data, cwd) if data else root / "data" / "tiny_coco.yaml",
+        default_data=data is None, experiment=options["experiment"], stack=options["stack"],
+        stack_dir=absolute(options["stack_dir"], cwd), fresh_stack=options["fresh_stack"], criteria=criteria,
+        registered_model=options["registered_model"], promote_to=options["promote_to"],
+        promote=not options["no_promote"], require_pretrained=options["require_pretrained"],
+        allow_dirty_data=options["allow_dirty_data"], reports_dir=absolute(options["reports_dir"], cwd),
+        runs_dir=absolute(options["runs_dir"], cwd),
+        images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")})
