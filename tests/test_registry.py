@@ -5,6 +5,7 @@ loses its `stage` tag."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -27,28 +28,28 @@ def candidate(local_stack, data_yaml, tmp_path_factory) -> str:
     return run.info.run_id
 
 
-def promoted(client, candidate: str, model: str, alias: str, **tags) -> Decision:
+def promoted(client, candidate: str, model: str, alias: str, data: Path, **tags) -> Decision:
     decision = Decision("promoted", "test", "test-session", candidate="base", candidate_run_id=candidate)
-    return promote(client, decision, registered_model=model, alias=alias, tags=tags)
+    return promote(client, decision, registered_model=model, alias=alias, tags=tags, data=data)
 
 
-def test_a_failing_registry_step_leaves_the_alias_where_it_was(local_stack, candidate):
+def test_a_failing_registry_step_leaves_the_alias_where_it_was(local_stack, candidate, data_yaml):
     mlflow.set_tracking_uri(local_stack.tracking_uri)  # register_model and load_model resolve models:/ by it
     client = MlflowClient(local_stack.tracking_uri)
     model = f"registry-{uuid.uuid4().hex[:6]}"
-    first = promoted(client, candidate, model, "staging")
+    first = promoted(client, candidate, model, "staging", data_yaml)
     with pytest.raises(MlflowException):  # a tag key the registry refuses: the step before the alias fails
-        promoted(client, candidate, model, "staging", **{"bad\nkey": "x"})
+        promoted(client, candidate, model, "staging", data_yaml, **{"bad\nkey": "x"})
     held = client.get_model_version_by_alias(model, "staging")
     assert (held.version, held.tags["stage"]) == (first.version, "staging")
 
 
-def test_the_version_that_loses_the_alias_loses_its_stage_tag(local_stack, candidate):
+def test_the_version_that_loses_the_alias_loses_its_stage_tag(local_stack, candidate, data_yaml):
     mlflow.set_tracking_uri(local_stack.tracking_uri)  # register_model and load_model resolve models:/ by it
     client = MlflowClient(local_stack.tracking_uri)
     model = f"registry-{uuid.uuid4().hex[:6]}"
-    first = promoted(client, candidate, model, "production")
-    second = promoted(client, candidate, model, "production")
+    first = promoted(client, candidate, model, "production", data_yaml)
+    second = promoted(client, candidate, model, "production", data_yaml)
     assert client.get_model_version_by_alias(model, "production").version == second.version
     assert "stage" not in client.get_model_version(model, first.version).tags
     assert client.get_model_version(model, second.version).tags["stage"] == "production"

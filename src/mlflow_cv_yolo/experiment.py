@@ -1,15 +1,18 @@
-"""One grid configuration as one tracked MLflow run (on a worker, or the only
-process), and the checks of what the server recorded for it."""
+"""One grid configuration as one MLflow run: opened by its test, trained and
+recorded by an executor (in the test's process, or elsewhere), then checked from
+what the server recorded."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
+from mlflow.entities import DatasetInput, InputTag, Param
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from . import tracking, training
 from .grid import RunConfig
@@ -19,70 +22,77 @@ REQUIRED_ARTIFACTS = ("results.csv", "args.yaml", "plots/results.png", "plots/co
                       "plots/BoxPR_curve.png", "weights/best.pt", "weights/last.pt")
 
 
-def versions() -> dict[str, str]:
-    import torch
-    import ultralytics
-
-    return {"ultralytics": ultralytics.__version__, "torch": torch.__version__.split("+")[0],
-            "mlflow": mlflow.__version__}
-
-
 def run_params(config: RunConfig, info: SessionInfo) -> dict[str, str]:
     data = Path(info.data)
     return {**{k: str(v) for k, v in config.values.items()},
             "model": info.model_requested, "model_used": info.model_used, "data": str(data),
             "data_yaml_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16],
-            **{f"version.{k}": v for k, v in versions().items()}}
+            **{f"version.{k}": v for k, v in tracking.versions().items()}}
 
 
 def run_tags(config: RunConfig, info: SessionInfo) -> dict[str, str]:
     tags = {tracking.TAG_SESSION: info.session_id, tracking.TAG_KIND: "grid", tracking.TAG_TEST: config.id,
-            "suite.config": config.config_id, "suite.stack": info.stack_kind,
+            "suite.config": config.config_id, "suite.stack": info.stack_kind, MLFLOW_PARENT_RUN_ID: info.parent_run_id,
             "pretrained": str(info.pretrained).lower(), "dataset.dirty": str(info.dataset_dirty).lower()}
     if info.git_commit:
         tags["mlflow.source.git.commit"] = info.git_commit
     return tags
 
 
+def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo) -> str:
+    """The run of one test, created before its training starts wherever it trains,
+    with its params and dataset input; returns its id."""
+    run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info)).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(config, info).items()])
+    if info.dataset_md5:
+        from .lineage import dataset_input
+
+        dataset = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source, info.dataset_lock_commit)
+        # What mlflow.log_input does for the active run, for this run by id.
+        client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+    return run_id
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What an executor needs to train one run: plain values, so it can travel."""
+
+    run_id: str
+    config: RunConfig
+    info: SessionInfo
+    threads: int
+
+
+def train_into_run(request: TrainRequest) -> None:
+    """Train and record into an existing run, which ends FINISHED; a crash ends it
+    FAILED with its traceback as an artifact, an interruption KILLED saying so; either
+    way the exception propagates."""
+    info, run_id = request.info, request.run_id
+    client = MlflowClient(info.tracking_uri)
+    try:
+        logger = tracking.EpochLogger(client, run_id)
+        result = training.train(request.config, data=Path(info.data), model=info.model_used,
+                                project=Path(info.workdir), threads=request.threads, callbacks=logger.callbacks)
+        tracking.log_results(client, run_id, result)
+    except KeyboardInterrupt:
+        client.set_tag(run_id, tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.log_text(run_id, traceback.format_exc(), "error/traceback.txt")
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
 def example_image(data_yaml: Path) -> Path:
-    """A real val image, for the model's input example."""
+    """A real val image (checked by the session's preflight), for the model's input example."""
     import yaml
 
     spec = yaml.safe_load(data_yaml.read_text())
     folder = (data_yaml.parent / spec.get("path", ".") / spec["val"]).resolve()
     return min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-
-
-def run_one(config: RunConfig, info: SessionInfo, threads: int) -> str:
-    """Train and record `config`; returns the MLflow run id. A crash ends the run
-    FAILED with its traceback as an artifact, an interruption ends it KILLED saying
-    so; either way the exception propagates."""
-    mlflow.set_tracking_uri(info.tracking_uri)
-    client = MlflowClient(info.tracking_uri)
-    with mlflow.start_run(experiment_id=info.experiment_id, run_name=config.id,
-                          parent_run_id=info.parent_run_id, tags=run_tags(config, info)) as active:
-        try:
-            mlflow.log_params(run_params(config, info))
-            if info.dataset_md5:
-                from .lineage import dataset_input
-
-                mlflow.log_input(dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source,
-                                               info.dataset_lock_commit), context="training")
-            logger = tracking.EpochLogger(client, active.info.run_id)
-            result = training.train(config, data=Path(info.data), model=info.model_used,
-                                    project=Path(info.workdir), threads=threads, callbacks=logger.callbacks)
-            v = versions()
-            tracking.log_results(result, example_image=example_image(Path(info.data)), imgsz=config.imgsz,
-                                 pip_requirements=[f"ultralytics=={v['ultralytics']}", f"torch=={v['torch']}",
-                                                   f"mlflow=={v['mlflow']}", "pandas", "pillow"])
-        except KeyboardInterrupt:
-            mlflow.set_tag(tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")
-            mlflow.end_run("KILLED")
-            raise
-        except BaseException:
-            mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
-            raise
-        return active.info.run_id
 
 
 def check_run(client: MlflowClient, run_id: str, epochs: int) -> list[str]:
@@ -93,6 +103,8 @@ def check_run(client: MlflowClient, run_id: str, epochs: int) -> list[str]:
     if steps != list(range(1, epochs + 1)):
         problems.append(f"mAP50-95 logged at epochs {steps}, expected 1..{epochs}")
     run = client.get_run(run_id)
+    if run.info.status != "FINISHED":
+        problems.append(f"status {run.info.status}, expected FINISHED")
     metrics = run.data.metrics
     for name in tracking.FINAL:
         value = metrics.get(f"best/{name}")
@@ -104,7 +116,4 @@ def check_run(client: MlflowClient, run_id: str, epochs: int) -> list[str]:
     missing = [a for a in REQUIRED_ARTIFACTS if a not in present]
     if missing:
         problems.append(f"artifacts missing: {', '.join(missing)}")
-    models = tracking.logged_models(client, run_id)
-    if [m.name for m in models] != ["model"]:
-        problems.append(f"logged models {[m.name for m in models]}, expected one named 'model'")
     return problems

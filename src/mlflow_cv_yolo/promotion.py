@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from . import ranking
 from .detector import COLUMNS
 from .ranking import RunRecord
-from .tracking import logged_models
+from .tracking import log_model, logged_models
 from .training import evaluate
 
 # The registry keeps a version's description in a 5000-character column.
@@ -252,8 +252,7 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
 
 
 def check_loads(model_uri: str) -> None:
-    """Load the model as a user will and predict on its own input example; runs
-    log their models without this check (it costs seconds per run)."""
+    """Load the model as a user will and predict on its own input example."""
     from mlflow.models import Model
 
     model = mlflow.pyfunc.load_model(model_uri)
@@ -271,17 +270,31 @@ def _description(markdown: str) -> str:
     return markdown[:DESCRIPTION_LIMIT - len(tail)] + tail
 
 
+def candidate_model(client: MlflowClient, run_id: str, *, data: Path, imgsz: int) -> str:
+    """The candidate's pyfunc model id: logged into its run now, once (runs keep only
+    their weights; logging and checking a model costs every run a second)."""
+    existing = logged_models(client, run_id)
+    if existing:
+        return existing[0].model_id
+    from .experiment import example_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = _weights_from_run(client, run_id, Path(tmp))
+        return log_model(run_id, weights, example_image=example_image(data), imgsz=imgsz)
+
+
 def promote(client: MlflowClient, decision: Decision, *, registered_model: str, alias: str,
-            tags: dict[str, str]) -> Decision:
-    """Register the candidate's logged model and move `alias` to the new version.
+            tags: dict[str, str], data: Path) -> Decision:
+    """Log the candidate's model, register it and move `alias` to the new version.
 
     The order keeps the registry consistent whatever step fails: the new version gets
     its tags and description first and the alias moves last, so a failure leaves the
     alias where it was (on a version that is complete); the version that loses the
     alias then loses its `stage` tag."""
-    (model,) = logged_models(client, decision.candidate_run_id)
-    check_loads(f"models:/{model.model_id}")
-    version = mlflow.register_model(f"models:/{model.model_id}", registered_model).version
+    imgsz = int(client.get_run(decision.candidate_run_id).data.params.get("imgsz", 320))
+    model_id = candidate_model(client, decision.candidate_run_id, data=data, imgsz=imgsz)
+    check_loads(f"models:/{model_id}")
+    version = mlflow.register_model(f"models:/{model_id}", registered_model).version
     promoted = dataclasses.replace(decision, registered_model=registered_model, version=version, alias=alias)
     for key, value in {"stage": alias, **tags}.items():
         client.set_model_version_tag(registered_model, version, key, value)

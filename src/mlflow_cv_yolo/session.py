@@ -307,7 +307,7 @@ class Session:
                                              alias=s.promote_to, tags={
                                                  "promoted_by.session": info.session_id,
                                                  "promoted_by.git_commit": info.git_commit or "",
-                                                 "pretrained": str(info.pretrained).lower()})
+                                                 "pretrained": str(info.pretrained).lower()}, data=Path(info.data))
             runs = tracking.session_runs(client, info.experiment_id, info.session_id)  # with test/ metrics now
         folder = s.reports_dir / info.session_id
         md, js = decision.write(folder)

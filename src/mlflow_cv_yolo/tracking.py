@@ -69,24 +69,35 @@ class EpochLogger:
         return {"on_train_epoch_end": self.on_train_epoch_end, "on_fit_epoch_end": self.on_fit_epoch_end}
 
 
-def log_results(result: TrainResult, *, example_image: Path, imgsz: int, pip_requirements: list[str]) -> None:
-    """Best-weights metrics, ultralytics' files, and the loadable model, on the active run."""
+def log_results(client: MlflowClient, run_id: str, result: TrainResult) -> None:
+    """Best-weights metrics and ultralytics' files (results, plots, weights) on the run.
+    The loadable model is logged once, for the promotion candidate (`log_model`)."""
     best = rename(result.best_metrics)
-    mlflow.log_metrics({f"best/{k}": best[k] for k in FINAL if k in best})
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"best/{k}", best[k], now, 0) for k in FINAL if k in best])
     for name in ("results.csv", "args.yaml"):
-        mlflow.log_artifact(str(result.save_dir / name))
+        client.log_artifact(run_id, str(result.save_dir / name))
     for name in PLOTS:
         if (result.save_dir / name).exists():
-            mlflow.log_artifact(str(result.save_dir / name), artifact_path="plots")
-    mlflow.log_artifact(str(result.best), artifact_path="weights")
-    mlflow.log_artifact(str(result.last), artifact_path="weights")
-    # log_model also loads the saved model and predicts on its input example (~0.3 s
-    # here). MLflow only warns when that fails; the promotion hook's load check is the
-    # one that stops a model that cannot serve.
-    _log_model(result, example_image, imgsz, pip_requirements)
+            client.log_artifact(run_id, str(result.save_dir / name), artifact_path="plots")
+    client.log_artifact(run_id, str(result.best), artifact_path="weights")
+    client.log_artifact(run_id, str(result.last), artifact_path="weights")
 
 
-def _log_model(result: TrainResult, example_image: Path, imgsz: int, pip_requirements: list[str]) -> None:
+def versions() -> dict[str, str]:
+    import torch
+    import ultralytics
+
+    return {"ultralytics": ultralytics.__version__, "torch": torch.__version__.split("+")[0],
+            "mlflow": mlflow.__version__}
+
+
+def log_model(run_id: str, weights: Path, *, example_image: Path, imgsz: int) -> str:
+    """Log `weights` as the pyfunc model `model` of run `run_id` (not reopening the
+    run); returns the logged model's id. MLflow loads it back and predicts on its
+    input example while logging, and only warns when that fails: promotion checks."""
+    from mlflow.models import Model
+
     with tempfile.TemporaryDirectory() as tmp:
         # The wrapper's module travels with the model (as mlflow_cv_yolo.detector,
         # the name it is pickled under), so it loads where only ultralytics and
@@ -95,15 +106,19 @@ def _log_model(result: TrainResult, example_image: Path, imgsz: int, pip_require
         package.mkdir()
         for name in ("__init__.py", "detector.py"):
             shutil.copy(Path(__file__).with_name(name), package / name)
-        mlflow.pyfunc.log_model(
+        info = Model.log(
+            artifact_path=None,
             name="model",
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
             python_model=YoloDetector(),
-            artifacts={"weights": str(result.best)},
+            artifacts={"weights": str(weights)},
             code_paths=[str(package)],
             signature=signature(imgsz),
             input_example=(encode_images([example_image]), {"conf": 0.25, "imgsz": imgsz}),
-            pip_requirements=pip_requirements,
+            pip_requirements=[f"{name}=={version}" for name, version in versions().items()] + ["pandas", "pillow"],
         )
+    return info.model_id
 
 
 def logged_models(client: MlflowClient, run_id: str) -> list:
