@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import interrupts, preflight, promotion, report, tracking, weights
+from . import interrupts, preflight, promotion, ranking, report, tracking, weights
 from .grid import RunConfig
 from .preflight import InputError
 from .promotion import Completeness, Decision
@@ -56,7 +57,7 @@ class Conclusion:
     decision: Decision | None = None
     report: Path | None = None
     record: Path | None = None
-    session_url: str | None = None
+    links: dict[str, str] = field(default_factory=dict)  # name -> MLflow UI URL
     error: str | None = None          # the conclusion itself crashed (a traceback)
     stack_failure: str | None = None  # the stack died mid-session and could not be restarted
 
@@ -128,7 +129,10 @@ class Session:
         lineage = self._publish_data(data_state)
 
         client = MlflowClient(self.stack_info.tracking_uri)
-        experiment_id = tracking.ensure_experiment(client, s.experiment)
+        try:
+            experiment_id = tracking.ensure_experiment(client, s.experiment)
+        except MlflowException as exc:
+            raise InputError(f"--experiment {s.experiment}: {exc.message}") from None
         self._end_dead_session(client, experiment_id)
         commit = git_commit(s.root)
         parent = client.create_run(experiment_id, run_name=f"session-{self.session_id}", tags={
@@ -224,6 +228,14 @@ class Session:
         self.stack_failure = message
         interrupts.interrupt_main()
 
+    def links(self) -> dict[str, str]:
+        """Where to look in MLflow's UI: this session's runs, best first, and its parent run."""
+        info = self.info
+        return {"runs": tracking.runs_view_url(info.tracking_uri, info.experiment_id,
+                                               search=f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'",
+                                               order_by=f"metrics.`{ranking.METRIC}`"),
+                "session run": tracking.run_url(info.tracking_uri, info.experiment_id, info.parent_run_id)}
+
     def worker_input(self) -> dict:
         return self.info.to_dict()
 
@@ -311,10 +323,10 @@ class Session:
             runs = tracking.session_runs(client, info.experiment_id, info.session_id)  # with test/ metrics now
         folder = s.reports_dir / info.session_id
         md, js = decision.write(folder)
-        base = f"{info.tracking_uri}/#/experiments/{info.experiment_id}/runs"
         files = report.write_report(folder, session_id=info.session_id, runs=runs,
                                     histories=tracking.histories(client, runs, CURVES), decision=decision.to_dict(),
-                                    run_url=lambda run: f"{base}/{run.run_id}")
+                                    run_url=lambda run: tracking.run_url(info.tracking_uri, info.experiment_id,
+                                                                         run.run_id))
         for path in (md, js):
             client.log_artifact(info.parent_run_id, str(path), "decision")
             if decision.candidate_run_id:
@@ -323,7 +335,7 @@ class Session:
             client.log_artifact(info.parent_run_id, str(path), "report")
         client.set_terminated(info.parent_run_id, "KILLED" if interrupted else
                               "FAILED" if decision.blocks_the_gate else "FINISHED")
-        return Conclusion(decision, files.html, md, f"{base}/{info.parent_run_id}")
+        return Conclusion(decision, files.html, md, self.links())
 
     # -- 5. stop ------------------------------------------------------------------------
 

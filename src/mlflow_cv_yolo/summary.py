@@ -67,4 +67,5 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
             yield failure_line(decision), RED
     yield f"decision record: {conclusion.record}", {}
     yield f"report: {conclusion.report}", {}
-    yield f"mlflow: {conclusion.session_url}", {}
+    for name, url in conclusion.links.items():
+        yield f"mlflow {name}: {url}", {}

@@ -1,4 +1,5 @@
-"""What a grid run records in MLflow, and reading a session's runs back.
+"""What a grid run records in MLflow, reading a session's runs back, the
+experiment they go into, and links to them in MLflow's UI.
 
 Failure policy, the same for every call here: a tracking call that fails raises,
 and the run it belongs to fails. A run whose records are incomplete is not an
@@ -11,9 +12,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import LifecycleStage, Metric
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from .detector import YoloDetector, encode_images, signature
@@ -35,6 +39,13 @@ TAG_SESSION = "suite.session"
 TAG_KIND = "suite.kind"  # "grid" for a configuration's run, "session" for the parent
 TAG_TEST = "suite.test_id"
 TAG_END = "suite.end_reason"  # why a run ended other than FINISHED by its own code
+# The experiment's kind, which MLflow 3's UI otherwise guesses (GenAI when it
+# sees no training runs). 3.17's UI picks the page it opens by its own GenAI /
+# Model training switch instead: see _TRAINING_MODE.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows and edits
+DESCRIPTION = ("YOLOv8n experiment grid (mlflow-cv-yolo): one session run per pytest session, "
+               "one child run per grid configuration with per-epoch metrics and weights; the promoted run also has a pyfunc model.")
 
 
 def rename(metrics: dict[str, float]) -> dict[str, float]:
@@ -121,6 +132,58 @@ def log_model(run_id: str, weights: Path, *, example_image: Path, imgsz: int) ->
     return info.model_id
 
 
+def ensure_experiment(client: MlflowClient, name: str, description: str = DESCRIPTION) -> str:
+    """The id of experiment `name`, created if missing, with the kind and a
+    description set where they are missing (a description someone wrote stays)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={KIND_TAG: KIND, NOTE_TAG: description})
+        except MlflowException as exc:  # another session created it meanwhile
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        raise MlflowException.invalid_parameter_value(
+            f"experiment {name!r} (id {experiment.experiment_id}) is deleted: restore it with `mlflow experiments "
+            f"restore --experiment-id {experiment.experiment_id}` or choose another experiment name")
+    for key, value in ((KIND_TAG, KIND), (NOTE_TAG, description)):
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def _ui_base(tracking_uri: str) -> str:
+    if not tracking_uri.startswith(("http://", "https://")):
+        raise ValueError(f"tracking URI {tracking_uri!r}: no MLflow UI behind it (links need an http(s) server)")
+    return tracking_uri.rstrip("/")
+
+
+# MLflow 3.17's UI opens an experiment in its GenAI mode (overview, traces)
+# unless the URL or the browser's last choice says otherwise; the experiment's
+# kind tag does not decide it. Every link says so itself.
+_TRAINING_MODE = {"workflowType": "machine_learning"}
+
+
+def runs_view_url(tracking_uri: str, experiment_id: str, *, search: str | None = None,
+                  order_by: str | None = None) -> str:
+    """The experiment's runs table in MLflow's UI. `search` is a run filter such as
+    "tags.`suite.session` = '...'"; `order_by` a column such as "metrics.`best/mAP50-95`",
+    highest first (sorting also lists child runs flat instead of folded under their parent)."""
+    query = dict(_TRAINING_MODE)
+    if search:
+        query["searchFilter"] = search
+    if order_by:
+        query.update(orderByKey=order_by, orderByAsc="false")
+    return f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """One run's page (overview, metrics, artifacts) in MLflow's UI."""
+    return (f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?"
+            f"{urlencode(_TRAINING_MODE)}")
+
+
 def logged_models(client: MlflowClient, run_id: str) -> list:
     """MLflow 3 keeps logged models beside the run's artifacts, as LoggedModel entities."""
     run = client.get_run(run_id)
@@ -145,11 +208,6 @@ def histories(client: MlflowClient, runs: list[RunRecord], names: tuple[str, ...
     """run_id -> metric -> [(step, value)], for the report's curves."""
     return {r.run_id: {n: [(m.step, m.value) for m in client.get_metric_history(r.run_id, n)
                            if math.isfinite(m.value)] for n in names} for r in runs}
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
 def end_running(client: MlflowClient, experiment_id: str, session_id: str, *, status: str, reason: str,
