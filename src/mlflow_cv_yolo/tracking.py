@@ -53,12 +53,16 @@ def rename(metrics: dict[str, float]) -> dict[str, float]:
 
 
 class EpochLogger:
-    """ultralytics callbacks that log every epoch to an MLflow run, step = epoch (1-based)."""
+    """ultralytics callbacks that log every epoch to an MLflow run, step = epoch (1-based).
+
+    Epochs the run already holds are not logged again: a run trained once more into
+    the same run id (a retried task, a resumed run) keeps each step once."""
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
         self._epoch_done = False
+        self.logged = {m.step for m in client.get_metric_history(run_id, "mAP50-95")}
 
     def on_train_epoch_end(self, trainer) -> None:
         self._epoch_done = True
@@ -73,6 +77,9 @@ class EpochLogger:
                   **trainer.lr}
         now = int(time.time() * 1000)
         step = trainer.epoch + 1
+        if step in self.logged:
+            return
+        self.logged.add(step)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
 
     @property
