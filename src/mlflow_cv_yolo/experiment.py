@@ -43,15 +43,25 @@ def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo) -> str:
     """The run of one test, created before its training starts wherever it trains,
     with its params and dataset input; returns its id."""
     run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info)).info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(config, info).items()])
-    if info.dataset_md5:
-        from .lineage import dataset_input
-
-        dataset = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source, info.dataset_lock_commit)
-        # What mlflow.log_input does for the active run, for this run by id.
-        client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
-                                                [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(config, info).items()])
+        if info.dataset_md5:
+            log_dataset(client, run_id, info)
+    except BaseException:
+        client.log_text(run_id, traceback.format_exc(), "error/traceback.txt")
+        client.set_terminated(run_id, "FAILED")
+        raise
     return run_id
+
+
+def log_dataset(client: MlflowClient, run_id: str, info: SessionInfo) -> None:
+    """The session's DVC-versioned dataset as an input of the run (what mlflow.log_input
+    does for the active run, for a run by id)."""
+    from .lineage import dataset_input
+
+    dataset = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source, info.dataset_lock_commit)
+    context = InputTag(MLFLOW_DATASET_CONTEXT, "training")
+    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
 
 
 @dataclass(frozen=True)

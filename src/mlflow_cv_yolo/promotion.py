@@ -294,10 +294,14 @@ def promote(client: MlflowClient, decision: Decision, *, registered_model: str, 
     imgsz = int(client.get_run(decision.candidate_run_id).data.params.get("imgsz", 320))
     model_id = candidate_model(client, decision.candidate_run_id, data=data, imgsz=imgsz)
     check_loads(f"models:/{model_id}")
-    version = mlflow.register_model(f"models:/{model_id}", registered_model).version
+    try:  # the client, not mlflow.register_model, which prints to the terminal
+        client.create_registered_model(registered_model)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(registered_model, f"models:/{model_id}", run_id=decision.candidate_run_id,
+                                          tags={"stage": alias, **tags}, model_id=model_id).version
     promoted = dataclasses.replace(decision, registered_model=registered_model, version=version, alias=alias)
-    for key, value in {"stage": alias, **tags}.items():
-        client.set_model_version_tag(registered_model, version, key, value)
     client.update_model_version(registered_model, version, description=_description(promoted.markdown()))
 
     previous = _holder(client, registered_model, alias)

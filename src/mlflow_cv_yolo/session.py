@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import interrupts, preflight, promotion, ranking, report, tracking, weights
+from . import experiment, interrupts, preflight, progress, promotion, ranking, report, tracking, weights
 from .grid import RunConfig
 from .preflight import InputError
 from .promotion import Completeness, Decision
@@ -126,6 +127,8 @@ class Session:
                 raise StackError(f"--stack {kind}: {exc}") from None
             choice = model.result()
         ready = f"{time.monotonic() - started:.1f} s"
+        # This process's MLflow calls by URI (models:/..., runs:/...) resolve on this session's server.
+        mlflow.set_tracking_uri(self.stack_info.tracking_uri)
         lineage = self._publish_data(data_state)
 
         client = MlflowClient(self.stack_info.tracking_uri)
@@ -144,6 +147,10 @@ class Session:
             model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
             git_commit=commit, **lineage)
+        if self.info.dataset_md5:
+            # Recorded once here, before any worker: the tracking store creates a dataset on
+            # first use, and workers creating it at once collide on its unique key.
+            experiment.log_dataset(client, parent.info.run_id, self.info)
         self._ready_in, self._state_shown = ready, (f"{self._state_dir} (throwaway)" if s.fresh_stack
                                                     else str(self.stack.state_dir))
         self._start_monitor(kind)
@@ -256,6 +263,12 @@ class Session:
 
     def collected(self, test_ids: list[str]) -> None:
         self.selected = list(test_ids)
+
+    def run_states(self) -> dict[str, str]:
+        """Each selected test's state in words (queued, epoch k/N mAP x, finished, failed)."""
+        epochs = {config.id: config.epochs for config in self.grid}
+        return progress.states(MlflowClient(self.info.tracking_uri), self.info.experiment_id, self.session_id,
+                               self.selected, epochs)
 
     def record(self, test_id: str, *, phase: str, outcome: str, run_id: str | None = None,
                crash: str | None = None) -> None:

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from .detector import YoloDetector, encode_images, signature
+from .detector import encode_images, signature
 from .ranking import RunRecord
 from .training import PLOTS, TrainResult
 
@@ -129,7 +129,7 @@ def log_model(run_id: str, weights: Path, *, example_image: Path, imgsz: int) ->
             name="model",
             flavor=mlflow.pyfunc,
             run_id=run_id,
-            python_model=YoloDetector(),
+            python_model=str(Path(__file__).with_name("model_code.py")),
             artifacts={"weights": str(weights)},
             code_paths=[str(package)],
             signature=signature(imgsz),
