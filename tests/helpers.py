@@ -34,3 +34,21 @@ def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int 
     """The suite run to completion from the repo root (see suite_command, suite_env)."""
     return subprocess.run(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pid_groups(state: Path) -> list[int]:
+    """The process groups a stack folder's pid files name (mysqld.pid is MariaDB's own)."""
+    return [int(p.read_text().split()[0]) for p in state.rglob("*.pid") if p.name != "mysqld.pid"]
+
+
+def processes_of(folder: Path) -> str:
+    """`pgrep -af FOLDER`: every live process whose command line names the folder."""
+    return subprocess.run(["pgrep", "-af", str(folder)], capture_output=True, text=True).stdout

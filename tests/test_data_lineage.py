@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo import lineage
-from mlflow_cv_yolo.stack.providers import LocalStack
+from mlflow_cv_yolo.stack.local import LocalStack
 
 from helpers import MICRO, REPO, run_suite
 
