@@ -94,6 +94,7 @@ def test_killed_services_come_back_and_nothing_logged_is_lost(stack, tmp_path):
             assert client.progressed(3), (name, client.error, lines)
         client.done.set()
         client.join(timeout=120)
+    print("\n".join(lines))  # the restart times, for `pytest -s`
     assert client.error is None and failures == []
     expected = []
     for name in ("mysql (mariadbd)", "s3 (moto)", "mlflow"):
