@@ -62,7 +62,7 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
 
     from mlflow_cv_yolo import tracking, training
     from mlflow_cv_yolo.grid import RunConfig
-    from mlflow_cv_yolo.stack.providers import LocalStack
+    from mlflow_cv_yolo.stack.local import LocalStack
 
     spent = {"tracking": 0.0}
     out: dict = {"epochs": epochs, "imgsz": imgsz}
@@ -100,7 +100,7 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
 
 
 def grid(extra: list[str], workers: int) -> dict:
-    from mlflow_cv_yolo.stack.providers import LocalStack
+    from mlflow_cv_yolo.stack.local import LocalStack
 
     collected = subprocess.run(_pytest("--collect-only", "-q", *extra), cwd=REPO, env=_env(), capture_output=True,
                                text=True, check=True).stdout

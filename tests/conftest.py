@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_cv_yolo.session_info import CLIENT_ENV
-from mlflow_cv_yolo.stack.providers import LocalStack
+from mlflow_cv_yolo.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"

@@ -68,3 +68,21 @@ def session_runs(client, session: str, experiment: str = "cv_yolo_tiny") -> dict
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id], f"tags.`suite.session` = '{session}'", max_results=100)
     return {r.info.run_name: r for r in runs}
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def pid_groups(state: Path) -> list[int]:
+    """The process groups a stack folder's pid files name (mysqld.pid is MariaDB's own)."""
+    return [int(p.read_text().split()[0]) for p in state.rglob("*.pid") if p.name != "mysqld.pid"]
+
+
+def processes_of(folder: Path) -> str:
+    """`pgrep -af FOLDER`: every live process whose command line names the folder."""
+    return subprocess.run(["pgrep", "-af", str(folder)], capture_output=True, text=True).stdout

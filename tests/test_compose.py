@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.stack.providers import docker_engine_answers
+from mlflow_cv_yolo.stack import docker_engine_answers
 
 from helpers import MICRO, REPO, run_suite
 

@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo import lineage
-from mlflow_cv_yolo.stack.providers import LocalStack
+from mlflow_cv_yolo.stack.local import LocalStack
 
 from helpers import MICRO, REPO, run_suite
 
@@ -50,7 +50,7 @@ def test_model_version_leads_back_to_the_exact_data(tmp_path):
         if source["rev"]:
             subprocess.run(["git", "checkout", "-q", source["rev"], "--", "dvc.lock"], cwd=clone, check=True)
         lineage.configure_remote(clone, url=source["url"], endpoint_url=info.s3.endpoint_url,
-                                 access_key=info.s3.access_key, secret_key=info.s3.secret_key)
+                                 credential_path=info.s3.credentials_file)
         dvc("pull", "data/tiny_coco", cwd=clone)
         state = lineage.check_dataset(clone)
         assert state.clean and state.md5 == md5

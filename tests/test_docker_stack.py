@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.stack.docker import DockerStack
-from mlflow_cv_yolo.stack.providers import docker_engine_answers
+from mlflow_cv_yolo.stack import docker_engine_answers
+from mlflow_cv_yolo.stack.containers import DockerStack
 
 from helpers import MICRO, run_suite
 

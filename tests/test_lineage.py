@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from dvc.repo import Repo
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo import lineage
+from mlflow_cv_yolo.stack.base import write_aws_credentials
 
 PROJECT = Path(__file__).resolve().parents[1]
 SMALL = {"source": "synthetic", "train": 6, "val": 2, "test": 2, "imgsz": 64, "seed": 0}
@@ -105,6 +107,12 @@ def test_edited_missing_or_unlocked_data_is_stale(project):
     assert state.problems == ["data/tiny_coco: dvc.lock records no hash for it"]
 
 
+def local_remote(root: Path, name: str = "stack") -> dict:
+    """Remote `name` as .dvc/config.local holds it, read by DVC."""
+    with Repo(str(root)) as repo:
+        return dict(repo.config.read("local")["remote"][name])
+
+
 @pytest.fixture
 def s3():
     """A real S3 server (moto's, in a thread) with one bucket."""
@@ -122,16 +130,30 @@ def s3():
         server.stop()
 
 
-def test_push_delete_pull_round_trip_byte_for_byte(project, s3):
-    lineage.configure_remote(project, url="s3://stack/dvc", **s3)
-    assert "test-secret" not in (project / ".dvc/config").read_text()
-    assert "test-secret" in (project / ".dvc/config.local").read_text()
+def test_push_delete_pull_round_trip_byte_for_byte(project, s3, tmp_path, monkeypatch):
+    """The keys stay in a 0600 credentials file under the stack's folder; the
+    checkout's DVC config only points at it, and push/pull still work."""
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)  # what DVC sets from the remote is undone after the test
+    keys = tmp_path / "stack" / "local" / "aws-credentials"
+    write_aws_credentials(keys, s3["access_key"], s3["secret_key"])
+    lineage.configure_remote(project, url="s3://stack/dvc", endpoint_url=s3["endpoint_url"], credential_path=keys)
+    for config in (project / ".dvc/config", project / ".dvc/config.local"):
+        assert "test-secret" not in config.read_text() and "test-key" not in config.read_text()
+    assert local_remote(project) == {
+        "url": "s3://stack/dvc", "endpointurl": s3["endpoint_url"], "credentialpath": str(keys),
+        "region": "us-east-1", "connect_timeout": "5", "read_timeout": "60"}
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert git(project, "status", "--porcelain") == ""  # config.local is ignored, nothing else changed
     assert lineage.remote_url(project) == "s3://stack/dvc"
 
     before = tree(project / "data")
     # every file of data/ but its .gitignore, plus the .dir listing of data/tiny_coco
     assert lineage.push(project) == len(before)
+    # moto ignores keys; what DVC handed botocore is checked instead: the file, and its keys
+    assert os.environ["AWS_SHARED_CREDENTIALS_FILE"] == str(keys)
+    found = boto3.Session().get_credentials()
+    assert (found.access_key, found.secret_key) == ("test-key", "test-secret")
     client = boto3.client("s3", endpoint_url=s3["endpoint_url"], aws_access_key_id="test-key",
                           aws_secret_access_key="test-secret", region_name="us-east-1")
     stored = client.list_objects_v2(Bucket="stack", Prefix="dvc/")["KeyCount"]

@@ -8,30 +8,26 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import (
+    MICRO,
+    REPO,
+    group_alive,
+    pid_groups,
+    run_suite,
+    suite_command,
+    suite_env,
+)
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.stack import ServiceError, choose
+from mlflow_cv_yolo.stack import ServiceError, choose, docker_engine_answers
+from mlflow_cv_yolo.stack.embedded import EmbeddedStack
+from mlflow_cv_yolo.stack.external import ExternalStack
+from mlflow_cv_yolo.stack.local import LocalStack
 from mlflow_cv_yolo.stack.mysql import MySQLServer
 from mlflow_cv_yolo.stack.process import ServiceProcess
-from mlflow_cv_yolo.stack.providers import EmbeddedStack, ExternalStack, LocalStack, docker_engine_answers
-
-from helpers import MICRO, REPO, run_suite, suite_command, suite_env
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def pid_groups(state: Path) -> list[int]:
-    return [int(p.read_text().split()[0]) for p in state.rglob("*.pid") if p.name != "mysqld.pid"]
 
 
 def test_local_stack_records_in_mysql_and_s3(local_stack):
@@ -116,13 +112,13 @@ def test_mysql_port_taken_gives_one_clear_line(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        server = MySQLServer(tmp_path, user="u", password="p", port=port, log=lambda _: None)
+        server = MySQLServer(tmp_path, user="u", password="p", root_password="r", port=port, log=lambda _: None)
         with pytest.raises(ServiceError, match=f"mysql: port {port} on 127.0.0.1 is already taken"):
             server.start()
 
 
 def test_missing_mysql_binary_is_named(tmp_path):
-    server = MySQLServer(tmp_path, user="u", password="p", binary=None, log=lambda _: None)
+    server = MySQLServer(tmp_path, user="u", password="p", root_password="r", binary=None, log=lambda _: None)
     server.binary = None
     with pytest.raises(ServiceError, match="no mariadbd or mysqld binary"):
         server.start()
@@ -197,7 +193,7 @@ def test_interrupted_first_migration_starts_from_a_fresh_database(tmp_path):
     stack = LocalStack(tmp_path, log=lambda _: None)
     creds = stack.credentials()
     mysql = MySQLServer(tmp_path / "local" / "mysql", user=creds["mysql_user"], password=creds["mysql_password"],
-                        log=lambda _: None)
+                        root_password=creds["mysql_root_password"], log=lambda _: None)
     endpoint = mysql.start()
     conn = endpoint.connect()
     with conn.cursor() as cur:  # what an interrupted alembic run leaves: some tables, no usable schema

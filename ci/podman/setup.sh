@@ -90,7 +90,11 @@ base localhost/cv-yolo/mariadb-base:bookworm "$CACHE/mariadb.tar"
 base localhost/cv-yolo/python-base:bookworm "$CACHE/python.tar"
 # The small files on top are layers, rebuilt from cache in a second when unchanged.
 podman build -q -f "$here/Containerfile.mariadb" -t "$MYSQL_IMAGE" "$here" >/dev/null
-podman build -q -f "$here/Containerfile.s3" -t "$S3_IMAGE" "$here" >/dev/null
+# The S3 image runs the library's own store, one file that imports nothing from the package.
+s3_context=$(mktemp -d)
+cp "$here/Containerfile.s3" "$here/../../src/mlflow_cv_yolo/stack/s3_store.py" "$s3_context/"
+podman build -q -f "$s3_context/Containerfile.s3" -t "$S3_IMAGE" "$s3_context" >/dev/null
+rm -rf "$s3_context"
 podman build -q -f "$here/Containerfile.mlflow" -t "$MLFLOW_IMAGE" "$here" >/dev/null
 
 cat > "$here/env" <<ENV

@@ -51,11 +51,15 @@ def _add_dataset(commands: argparse._SubParsersAction) -> None:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from . import interrupts
     from .stack import ServiceError, make_stack
 
+    # SIGTERM too becomes a KeyboardInterrupt, so that `with stack` stops every
+    # service (they run in their own sessions: no signal reaches them otherwise).
+    interrupts.install()
     stack = make_stack(args.stack, args.stack_dir)
-    if args.stack in ("embedded", "local") and not (args.stack_dir / args.stack).is_dir():
-        print(f"error: {args.stack_dir / args.stack} does not exist: run the suite first", file=sys.stderr)
+    if args.stack in ("embedded", "local") and not stack.state_dir.is_dir():
+        print(f"error: {stack.state_dir} does not exist: run the suite first", file=sys.stderr)
         return 1
     try:
         with stack as info:

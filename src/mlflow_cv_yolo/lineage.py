@@ -82,15 +82,18 @@ def _output(repo: Repo, out: str):
     return None
 
 
-def configure_remote(project_root: Path, *, url: str, endpoint_url: str, access_key: str, secret_key: str,
+def configure_remote(project_root: Path, *, url: str, endpoint_url: str, credential_path: Path,
                      name: str = "stack", region: str = "us-east-1") -> None:
-    """Make `name` (an S3 `url` such as s3://bucket/dvc) the default remote. All of it,
-    credentials included, goes to .dvc/config.local, which DVC keeps out of git: the
-    committed .dvc/config never changes with the stack."""
+    """Make `name` (an S3 `url` such as s3://bucket/dvc) the default remote, in
+    .dvc/config.local (DVC keeps it out of git; the committed .dvc/config never
+    changes with the stack). The keys stay out of the checkout: the remote names
+    `credential_path`, an AWS credentials file (profile "default") under the stack's
+    folder, so a user's own `dvc pull` finds them too. Replaces the whole remote, so
+    keys an earlier version wrote there are dropped."""
     try:
         with Repo(str(project_root)) as repo, repo.config.edit("local") as conf:
-            conf["remote"][name] = {"url": url, "endpointurl": endpoint_url, "access_key_id": access_key,
-                                    "secret_access_key": secret_key, "region": region,
+            conf["remote"][name] = {"url": url, "endpointurl": endpoint_url,
+                                    "credentialpath": str(Path(credential_path).absolute()), "region": region,
                                     "connect_timeout": 5, "read_timeout": 60}
             conf["core"]["remote"] = name
     except DvcException as exc:
@@ -215,12 +218,11 @@ def ensure_built(project_root: Path, log=print, out: str = DEFAULT_OUT) -> None:
             log(line.strip())
 
 
-def publish(project_root: Path, state: DatasetState, *, url: str, endpoint_url: str, access_key: str,
-            secret_key: str, log=print) -> str:
+def publish(project_root: Path, state: DatasetState, *, url: str, endpoint_url: str, credential_path: Path,
+            log=print) -> str:
     """Make the stack's S3 the DVC remote and push the locked data there, so any run's
     data can be pulled back by its digest; returns the remote URL."""
-    configure_remote(project_root, url=url, endpoint_url=endpoint_url, access_key=access_key,
-                     secret_key=secret_key)
+    configure_remote(project_root, url=url, endpoint_url=endpoint_url, credential_path=credential_path)
     if state.clean:
         push(project_root)
         log(f"dataset pushed to the DVC remote {url} at {endpoint_url}")

@@ -200,8 +200,7 @@ class Session:
         s3 = self.stack_info.s3
         if s3 is not None:
             source = lineage.publish(self.settings.root, state, url=f"s3://{s3.bucket}/dvc",
-                                     endpoint_url=s3.endpoint_url, access_key=s3.access_key,
-                                     secret_key=s3.secret_key, log=self.log)
+                                     endpoint_url=s3.endpoint_url, credential_path=s3.credentials_file, log=self.log)
         return {"dataset_md5": state.md5, "dataset_dirty": not state.clean, "dataset_source": source,
                 "dataset_lock_commit": lineage.lock_commit(self.settings.root)}
 
@@ -221,10 +220,7 @@ class Session:
     def _start_monitor(self, kind: str) -> None:
         if kind == "external":
             return
-        try:  # MERGE-A: the monitor arrives with the stack branch
-            from .stack.monitor import HealthMonitor
-        except ImportError:
-            return
+        from .stack.monitor import HealthMonitor
 
         self.monitor = HealthMonitor(self.stack, log=self.log, on_failure=self._stack_failed)
         self.monitor.start()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .stack.base import CLIENT_RETRY_ENV
+
 # MLflow client settings, the same in every process of a session (MLflow reads them
 # from the environment at each call):
 # - downloads go through the server: presigned S3 URLs may name an endpoint only the
@@ -18,6 +20,7 @@ CLIENT_ENV = {
     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    **CLIENT_RETRY_ENV,
 }
 
 

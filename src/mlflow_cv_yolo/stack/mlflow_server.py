@@ -17,10 +17,15 @@ def health(url: str, timeout: float = 2.0) -> bool:
 
 
 class MLflowServer:
+    """`mlflow server` (a leader that runs uvicorn as its child). The backend URI,
+    which holds the database password, reaches it in the environment, never in argv."""
+
+    name = "mlflow"
+
     def __init__(self, workdir: Path, *, backend_uri: str, artifacts_destination: str,
                  env: dict[str, str] | None = None, port: int | None = None,
                  log: Callable[[str], None] = print):
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).absolute()
         self.backend_uri = backend_uri
         self.artifacts_destination = artifacts_destination
         self.env = env or {}
@@ -28,13 +33,23 @@ class MLflowServer:
         self.log = log
         self.process: ServiceProcess | None = None
 
+    def __repr__(self) -> str:
+        return f"MLflowServer({self.workdir}, port={self.port})"
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 120) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = ServiceProcess("mlflow", [], self.workdir, env=self.env, log=self.log)
+        env = {**self.env, "MLFLOW_BACKEND_STORE_URI": self.backend_uri,
+               # MLflow 3.17 otherwise starts a job runner (7 huey consumers) for GenAI jobs.
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = ServiceProcess("mlflow", [], self.workdir, env=env, log=self.log)
         self.process.reap_leftover()
         self.port = self.port or free_port()
         if port_in_use(self.port):
@@ -44,12 +59,19 @@ class MLflowServer:
         # localhost Host headers in, which is what every client here sends.
         self.process.argv = [
             str(mlflow) if mlflow.exists() else "mlflow", "server",
-            "--backend-store-uri", self.backend_uri,
             "--artifacts-destination", self.artifacts_destination,
             "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         self.process.start()
         self.process.wait_ready(lambda: health(self.url), timeout=timeout)
         return self.url
+
+    def alive(self) -> bool:
+        # The leader waits on uvicorn and exits with it: a killed uvicorn shows here too.
+        return self.process is not None and self.process.running and port_in_use(self.port)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.process is not None:

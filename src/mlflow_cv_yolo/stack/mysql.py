@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +15,8 @@ import pymysql
 
 from .process import ServiceError, ServiceProcess, free_port, port_in_use
 
+ER_ACCESS_DENIED = 1045
+ER_CANNOT_USER = 1396
 SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/local/mysql/bin")
 
 
@@ -33,7 +35,7 @@ class MySQLEndpoint:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)
     database: str
 
     @property
@@ -46,23 +48,33 @@ class MySQLEndpoint:
 
 
 class MySQLServer:
-    """`start()` initialises the data directory on first use, starts the server and
-    creates the database and user; data survives `stop()` for the next session."""
+    """`start()` initialises the data directory on first use, starts the server,
+    gives root its password and creates the database and user; data survives
+    `stop()` for the next session. `restart()` brings it back on the same port."""
 
-    def __init__(self, workdir: Path, *, user: str, password: str, database: str = "mlflow",
+    def __init__(self, workdir: Path, *, user: str, password: str, root_password: str, database: str = "mlflow",
                  port: int | None = None, binary: str | None = None, log: Callable[[str], None] = print):
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).absolute()
         self.datadir = self.workdir / "data"
         self.socket = self.workdir / "mysqld.sock"
         self.binary = binary or find_server_binary()
         self.port = port
         self.user, self.password, self.database = user, password, database
+        self.root_password = root_password
         self.log = log
         self.process: ServiceProcess | None = None
+        self.name = f"mysql ({Path(self.binary).name if self.binary else 'mysqld'})"
+
+    def __repr__(self) -> str:
+        return f"MySQLServer({self.workdir}, port={self.port})"
 
     @property
     def endpoint(self) -> MySQLEndpoint:
         return MySQLEndpoint("127.0.0.1", self.port, self.user, self.password, self.database)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     def _install_db(self) -> None:
         if (self.datadir / "mysql").is_dir():
@@ -89,6 +101,7 @@ class MySQLServer:
             raise ServiceError("mysql: no mariadbd or mysqld binary on PATH or in /usr/sbin; "
                                "install mariadb-server or use --stack embedded")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)  # the socket inside lets local users knock on root's door
         self.process = ServiceProcess("mysql", [], self.workdir, log=self.log)
         self.process.reap_leftover()  # before choosing a port: the leftover may hold it
         self.port = self.port or free_port()
@@ -101,16 +114,60 @@ class MySQLServer:
             "--user=root", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
             "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"]
         self.process.start()
-        self.process.wait_ready(self._ping_root, timeout=60)
+        self.process.wait_ready(self._ping, timeout=60)
+        self._secure_root()
         self._create_database()
         return self.endpoint
 
-    def _root(self) -> pymysql.connections.Connection:
-        return pymysql.connect(unix_socket=str(self.socket), user="root", password="", connect_timeout=2)
+    def alive(self) -> bool:
+        return self.process is not None and self.process.running and port_in_use(self.port)
 
-    def _ping_root(self) -> bool:
-        self._root().close()
+    def restart(self) -> None:
+        """The same datadir on the same port; InnoDB recovers what a kill -9 left."""
+        self.stop()
+        self.start()
+
+    def _root(self, password: str | None = None) -> pymysql.connections.Connection:
+        password = self.root_password if password is None else password
+        return pymysql.connect(unix_socket=str(self.socket), user="root", password=password, connect_timeout=2)
+
+    def _ping(self) -> bool:
+        # Any answer means the server is up, "access denied" included (root may
+        # still have no password: _secure_root sets it next).
+        try:
+            self._root().close()
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] != ER_ACCESS_DENIED:
+                raise
         return True
+
+    def _secure_root(self) -> None:
+        """Give every root account the stack's root password: mariadb-install-db
+        leaves them without one, and a datadir from an earlier version kept that."""
+        try:
+            conn = self._root()
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] != ER_ACCESS_DENIED:
+                raise
+            try:
+                conn = self._root(password="")
+            except pymysql.err.OperationalError as exc:
+                raise ServiceError(f"mysql: root in {self.datadir} accepts neither the stack's root password nor "
+                                   f"none ({exc.args[-1]}); was credentials.json replaced?") from None
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT host FROM mysql.user WHERE user = 'root' AND authentication_string = ''")
+                for (host,) in cur.fetchall():
+                    try:
+                        cur.execute("ALTER USER 'root'@%s IDENTIFIED BY %s", (host, self.root_password))
+                    except pymysql.err.OperationalError as exc:
+                        if exc.args[0] != ER_CANNOT_USER:
+                            raise
+                        # root@<hostname>: ignored under --skip-name-resolve, and ALTER refuses it
+                        cur.execute("DROP USER 'root'@%s", (host,))
+            conn.commit()
+        finally:
+            conn.close()
 
     def _create_database(self) -> None:
         conn = self._root()

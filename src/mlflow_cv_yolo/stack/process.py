@@ -4,6 +4,7 @@ killed with SIGKILL can be cleaned up by the next one."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,8 +24,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def port_in_use(port: int) -> bool:
+def port_in_use(port: int, timeout: float = 2.0) -> bool:
+    """True when something accepts a TCP connection on 127.0.0.1:port. The kernel
+    answers for a listening socket, so this stays quick however busy the CPUs are."""
     with socket.socket() as sock:
+        sock.settimeout(timeout)
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
@@ -63,6 +67,37 @@ def kill_group(pgid: int, grace: float = 10.0, reap: Callable[[], object] = lamb
             time.sleep(0.1)
 
 
+def read_pid_file(path: Path) -> tuple[int, list[str]] | None:
+    """(pid, argv) from a pid file ServiceProcess wrote; None when absent or unreadable.
+    Files of earlier versions hold the argv joined by spaces on the second line."""
+    try:
+        lines = path.read_text().splitlines()
+        pid = int(lines[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    text = lines[1] if len(lines) > 1 else ""
+    try:
+        argv = json.loads(text)
+    except ValueError:
+        argv = text.split()
+    return pid, [str(arg) for arg in argv] if isinstance(argv, list) else []
+
+
+def _is_ours(pgid: int, argv: list[str]) -> bool:
+    """Whether the live leader `pgid` still runs the recorded command: a pid can be
+    reused after a reboot. The kernel's command line ends with our arguments; before
+    them it may name an interpreter (a `#!` script such as `mlflow`)."""
+    try:
+        cmdline = [os.fsdecode(a) for a in Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0") if a]
+    except FileNotFoundError:
+        return True  # leader gone, group alive: its orphans are ours
+    args, program = argv[1:], Path(argv[0]).name if argv else None
+    if program is None or len(cmdline) <= len(args):
+        return False  # nothing recorded, or another command: leave it alone
+    head = cmdline[:len(cmdline) - len(args)]
+    return cmdline[len(head):] == args and program in {Path(a).name for a in head}
+
+
 class ServiceProcess:
     """One service. `name` is what errors call it; `workdir` holds its log and pid file."""
 
@@ -79,22 +114,14 @@ class ServiceProcess:
 
     def reap_leftover(self) -> None:
         """Stop a process group that a killed session left behind (its pid file survived it)."""
-        try:
-            pgid = int(self.pid_path.read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError):
+        recorded = read_pid_file(self.pid_path)
+        if recorded is None:
             return
-        if _group_alive(pgid) and self._is_ours(pgid):
+        pgid, argv = recorded
+        if _group_alive(pgid) and _is_ours(pgid, argv):
             self.log(f"{self.name}: stopping process group {pgid} left by an earlier session")
             kill_group(pgid)
         self.pid_path.unlink(missing_ok=True)
-
-    def _is_ours(self, pgid: int) -> bool:
-        # A pid can be reused after a reboot; a live leader must still run our program.
-        try:
-            cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            return True  # leader gone, group alive: its orphans are ours
-        return os.fsencode(Path(self.argv[0]).name) in b" ".join(cmdline)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +135,9 @@ class ServiceProcess:
                                              stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             except FileNotFoundError:
                 raise ServiceError(f"{self.name}: executable not found: {self.argv[0]}") from None
-        self.pid_path.write_text(f"{self.proc.pid}\n{' '.join(self.argv)}\n")
+        # The pid, then the command line as JSON: what reap_leftover compares a live
+        # leader with. The argv holds no secret (those travel in the environment).
+        self.pid_path.write_text(f"{self.proc.pid}\n{json.dumps(self.argv)}\n")
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, interval: float = 0.25) -> None:
         """Poll `check` until it returns True; give up at once if the process died."""
@@ -137,4 +166,5 @@ class ServiceProcess:
 
     @property
     def running(self) -> bool:
+        """The leader we started has not exited (polling also reaps it)."""
         return self.proc is not None and self.proc.poll() is None

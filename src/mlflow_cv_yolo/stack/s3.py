@@ -1,11 +1,12 @@
 """An S3-compatible server process for MLflow artifacts and the DVC remote:
-MinIO when a `minio` binary is on PATH, else moto's server."""
+MinIO when a `minio` binary is on PATH, else this package's s3_store (moto's S3
+API, every object written through to a folder before the upload is answered)."""
 
 from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +20,11 @@ from .process import ServiceError, ServiceProcess, free_port, port_in_use
 class S3Endpoint:
     endpoint_url: str
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)
     bucket: str
+    # An AWS shared-credentials file with these keys (mode 0600, under the stack's
+    # folder), for tools configured by path such as DVC; None until a stack writes it.
+    credentials_file: Path | None = None
 
     def client(self):
         return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
@@ -42,36 +46,60 @@ def ensure_bucket(endpoint: S3Endpoint) -> None:
 
 
 class S3Server:
-    """`start()` returns the endpoint once the bucket exists. moto keeps objects in
-    memory, so its bucket is saved to `workdir/snapshot` on stop and restored on
-    start: runs logged in one session can still be opened in the next."""
+    """`start()` returns the endpoint once the bucket exists. Objects live in
+    `workdir/objects/<bucket>/<key>` (s3_store) or MinIO's `workdir/data`, so they
+    survive the server, a kill -9 included; `restart()` serves them again on the
+    same port."""
 
     def __init__(self, workdir: Path, *, access_key: str, secret_key: str, bucket: str = "mlflow",
                  port: int | None = None, log: Callable[[str], None] = print):
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).absolute()
         self.port = port
         self.access_key, self.secret_key, self.bucket = access_key, secret_key, bucket
         self.log = log
         self.minio = shutil.which("minio")
         self.kind = "minio" if self.minio else "moto"
+        self.name = f"s3 ({self.kind})"
         self.process: ServiceProcess | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Server({self.workdir}, {self.kind}, port={self.port})"
 
     @property
     def endpoint(self) -> S3Endpoint:
         return S3Endpoint(f"http://127.0.0.1:{self.port}", self.access_key, self.secret_key, self.bucket)
 
     @property
-    def snapshot_dir(self) -> Path:
-        return self.workdir / "snapshot"
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.workdir / "objects"
 
     def _argv(self) -> tuple[list[str], dict[str, str]]:
         if self.minio:
             return ([self.minio, "server", str(self.workdir / "data"), "--address", f"127.0.0.1:{self.port}",
                      "--console-address", f"127.0.0.1:{free_port()}"],
                     {"MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret_key})
-        moto = Path(sys.executable).with_name("moto_server")
-        argv = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
-        return argv + ["--host", "127.0.0.1", "--port", str(self.port)], {}
+        # The module's file, not `-m`: a plain script starts without importing this
+        # package, which matters when the health monitor restarts it on busy cores.
+        store = Path(__file__).with_name("s3_store.py")
+        return [sys.executable, str(store), "server", str(self.objects_dir), "--address",
+                f"127.0.0.1:{self.port}"], {}
+
+    def _migrate_snapshot(self) -> None:
+        """Earlier versions kept moto's bucket in `snapshot/`, written only on a clean
+        stop; its files are this bucket's objects. Moved once, by rename."""
+        old, new = self.workdir / "snapshot", self.objects_dir / self.bucket
+        if self.kind != "moto" or not old.is_dir():
+            return
+        if new.exists():
+            self.log(f"s3 (moto): {old} left as it is: {new} already exists")
+            return
+        new.parent.mkdir(parents=True, exist_ok=True)
+        old.rename(new)
+        self.log(f"s3 (moto): moved the objects of {old} to {new}")
 
     def start(self) -> S3Endpoint:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -79,48 +107,26 @@ class S3Server:
         self.process.reap_leftover()
         self.port = self.port or free_port()
         if port_in_use(self.port):
-            raise ServiceError(f"s3 ({self.kind}): port {self.port} on 127.0.0.1 is already taken")
+            raise ServiceError(f"{self.name}: port {self.port} on 127.0.0.1 is already taken")
+        self._migrate_snapshot()
         self.process.argv, self.process.env = self._argv()
         self.process.start()
         client = self.endpoint.client()
-        self.process.wait_ready(lambda: client.list_buckets() is not None, timeout=30)
+        self.process.wait_ready(lambda: client.list_buckets() is not None, timeout=60)
         try:
             ensure_bucket(self.endpoint)
         except client.exceptions.ClientError as exc:
-            raise ServiceError(f"s3 ({self.kind}) at {self.endpoint.endpoint_url}: cannot create bucket "
+            raise ServiceError(f"{self.name} at {self.endpoint.endpoint_url}: cannot create bucket "
                                f"{self.bucket!r}: {exc}") from None
-        if self.kind == "moto":
-            self._restore()
         return self.endpoint
 
-    def _restore(self) -> None:
-        if not self.snapshot_dir.is_dir():
-            return
-        client = self.endpoint.client()
-        files = [p for p in self.snapshot_dir.rglob("*") if p.is_file()]
-        for path in files:
-            client.upload_file(str(path), self.bucket, path.relative_to(self.snapshot_dir).as_posix())
-        self.log(f"s3 (moto): restored {len(files)} objects from {self.snapshot_dir}")
+    def alive(self) -> bool:
+        return self.process is not None and self.process.running and port_in_use(self.port)
 
-    def _save(self) -> None:
-        client = self.endpoint.client()
-        fresh = self.snapshot_dir.with_name("snapshot.new")
-        shutil.rmtree(fresh, ignore_errors=True)
-        fresh.mkdir(parents=True)
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-            for obj in page.get("Contents", []):
-                target = fresh / obj["Key"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(self.bucket, obj["Key"], str(target))
-        shutil.rmtree(self.snapshot_dir, ignore_errors=True)
-        fresh.rename(self.snapshot_dir)
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.kind == "moto" and self.process.running:
-            try:
-                self._save()
-            except Exception as exc:  # stopping must go on; say what was lost
-                self.log(f"s3 (moto): could not save the bucket to {self.snapshot_dir}: {exc}")
-        self.process.stop()
+        if self.process is not None:
+            self.process.stop()

@@ -1,5 +1,5 @@
 """`--stack docker`: MySQL and MinIO from testcontainers' own modules, MLflow as a
-server process beside them. Images come from options or the environment, so a
+server process beside them (only that process is watched by the health monitor). Images come from options or the environment, so a
 local engine without a registry (CI's Podman) only changes configuration."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from .base import Stack, StackInfo, info_on, start_mlflow_on
 from .mysql import MySQLEndpoint
 from .process import ServiceError, free_port
-from .providers import Stack, StackInfo, _info, start_mlflow_on
 from .s3 import S3Endpoint, ensure_bucket
 
 with warnings.catch_warnings():  # testcontainers 4 moves modules under .community
@@ -37,17 +37,20 @@ class _Container:
     def __init__(self, container, endpoint: Callable[[object], object]):
         self.container = container
         self._endpoint = endpoint
+        self._stopped = False
 
     def start(self):
         try:
             self.container.start()
         except Exception as exc:  # docker-py's errors: image missing, engine refusing...
-            self.container.stop()
+            self.stop()
             raise ServiceError(f"container {self.container.image}: {type(exc).__name__}: {exc}") from None
         return self._endpoint(self.container)
 
     def stop(self):
-        self.container.stop()
+        if not self._stopped:
+            self._stopped = True
+            self.container.stop()
 
 
 class DockerStack(Stack):
@@ -64,7 +67,7 @@ class DockerStack(Stack):
         for sub in ("mysql", "s3"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         mysql = (MySqlContainer(self.mysql_image, username=creds["mysql_user"], password=creds["mysql_password"],
-                                root_password=creds["mysql_password"], dbname="mlflow")
+                                root_password=creds["mysql_root_password"], dbname="mlflow")
                  .with_volume_mapping(str(self.state_dir / "mysql"), "/var/lib/mysql", "rw"))
         _loopback(mysql, 3306)
         mysql_service = _Container(mysql, lambda c: MySQLEndpoint(
@@ -76,10 +79,10 @@ class DockerStack(Stack):
             f"http://127.0.0.1:{c.get_exposed_port(9000)}", creds["s3_access_key"], creds["s3_secret_key"], "mlflow"))
         mysql_endpoint, s3_endpoint = self._run_together(mysql_service, s3_service)
         ensure_bucket(s3_endpoint)
+        s3_endpoint = self.with_credentials_file(s3_endpoint)
         url = start_mlflow_on(self, mysql_endpoint, s3_endpoint, lambda: _reset(mysql_endpoint))
-        info = _info(self.kind, url, reason, mysql_endpoint, s3_endpoint, "minio container")
-        info.endpoints["images"] = f"{self.mysql_image}, {self.s3_image}"
-        return info
+        return info_on(self.kind, url, reason, mysql_endpoint, s3_endpoint, "minio container",
+                       images=f"{self.mysql_image}, {self.s3_image}")
 
 
 def _loopback(container, port: int) -> None:

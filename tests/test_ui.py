@@ -1,0 +1,91 @@
+"""`python -m mlflow_cv_yolo ui` on a kept local stack, as the README gives it: the
+default relative `--stack-dir .stack`, stopped by Ctrl-C or SIGTERM, and started
+again after a kill -9 left its services running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_cv_yolo.stack.local import LocalStack
+
+from helpers import group_alive, pid_groups, processes_of
+
+
+@pytest.fixture
+def kept(tmp_path) -> Path:
+    """A folder holding what a suite run leaves: `.stack/local` with one experiment."""
+    with LocalStack(tmp_path / ".stack", log=lambda _: None) as info:
+        MlflowClient(info.tracking_uri).create_experiment("kept")
+    return tmp_path
+
+
+class Ui:
+    """`ui --stack local` started in `cwd` with no --stack-dir (so `.stack`, relative)."""
+
+    def __init__(self, cwd: Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow_cv_yolo", "ui", "--stack", "local"], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+
+    def url(self, timeout: float = 240) -> str:
+        """The URL it prints once the stack is up; the lines before it are kept."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("MLflow UI on the local stack in .stack: http://127.0.0.1:"):
+                return line.split(": ", 1)[1].split()[0]
+        self.proc.kill()
+        pytest.fail("ui printed no URL:\n" + "\n".join(self.lines) + self.proc.stdout.read())
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        output, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "\n".join(self.lines) + "\n" + output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ui_stops_its_whole_stack_on_a_signal(kept, sig):
+    ui = Ui(kept)
+    url = ui.url()
+    assert MlflowClient(url).get_experiment_by_name("kept") is not None
+    state = kept / ".stack" / "local"
+    groups = pid_groups(state)
+    assert len(groups) == 3 and all(group_alive(g) for g in groups), groups  # mysql, s3, mlflow
+    ui.proc.send_signal(sig)
+    status, output = ui.finish()
+    assert status == 0, output
+    assert [g for g in groups if group_alive(g)] == [], output
+    assert processes_of(state) == ""
+
+
+def test_ui_after_a_kill_9_stops_what_the_killed_one_left(kept):
+    """The services of a SIGKILLed `ui` outlive it (each runs in its own session);
+    the next `ui` stops them by their pid files, without a traceback."""
+    first = Ui(kept)
+    first.url()
+    state = kept / ".stack" / "local"
+    left = {name: int((state / name / f"{name}.pid").read_text().split()[0]) for name in ("mysql", "s3", "mlflow")}
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.finish()
+    assert all(group_alive(g) for g in left.values()), left
+
+    second = Ui(kept)
+    url = second.url()
+    assert [g for g in left.values() if group_alive(g)] == []
+    assert sorted(line for line in second.lines if "left by an earlier session" in line) == sorted(
+        f"{name}: stopping process group {pgid} left by an earlier session" for name, pgid in left.items())
+    assert MlflowClient(url).get_experiment_by_name("kept") is not None
+    second.proc.send_signal(signal.SIGINT)
+    status, output = second.finish()
+    assert status == 0 and "Traceback" not in output, output
+    assert processes_of(state) == ""
