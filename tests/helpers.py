@@ -38,24 +38,28 @@ def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int 
 
 
 def start_suite(*args: str, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """The suite started in the background, its output merged into `stdout`."""
-    return subprocess.Popen(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
+    """The suite started in the background, its output merged into `stdout`, unbuffered
+    (a test waits on its lines as they come)."""
+    return subprocess.Popen(suite_command(*args, tmp_path=tmp_path), cwd=REPO,
+                            env=suite_env({"PYTHONUNBUFFERED": "1", **(env or {})}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(condition, *, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.2):
-    """Poll `condition` until it returns something truthy; fail naming `what`, and
-    with the session's output if it ended first."""
+def wait_for(condition, *, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.2,
+             output: "Output | None" = None):
+    """Poll `condition` until it returns something truthy; fail naming `what` (and
+    quoting the session's output when there is one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the session ended (exit {proc.returncode}) before {what}:\n"
-                                 f"{proc.stdout.read()[-4000:]}")
+            raise AssertionError(f"the session ended (exit {proc.returncode}) before {what}"
+                                 + (f":\n{output.wait_closed(10)[-4000:]}" if output else ""))
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                         + (f":\n{output.text[-4000:]}" if output else ""))
 
 
 def session_of(output: str) -> str:
@@ -86,3 +90,26 @@ def pid_groups(state: Path) -> list[int]:
 def processes_of(folder: Path) -> str:
     """`pgrep -af FOLDER`: every live process whose command line names the folder."""
     return subprocess.run(["pgrep", "-af", str(folder)], capture_output=True, text=True).stdout
+
+
+class Output:
+    """A background session's output, read as it comes (so a test can wait on a line)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        import threading
+
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in iter(proc.stdout.readline, ""):
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_closed(self, timeout: float) -> str:
+        self._thread.join(timeout)
+        return self.text

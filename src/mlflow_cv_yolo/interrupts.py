@@ -16,11 +16,12 @@ import sys
 import threading
 
 _requested = threading.Event()
+_reason: list[str] = []  # why interrupt_main stopped the session, for the KeyboardInterrupt's message
 
 
 def _handler(signum, frame) -> None:
     _requested.set()
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_reason[0] if _reason else signal.Signals(signum).name)
 
 
 def install() -> None:
@@ -42,9 +43,10 @@ def check(*_) -> None:
         raise KeyboardInterrupt("interrupted earlier; that KeyboardInterrupt was lost in a callback")
 
 
-def interrupt_main() -> None:
+def interrupt_main(reason: str) -> None:
     """From another thread: stop the session as a Ctrl-C would (KeyboardInterrupt in
     the main thread, remembered for training's next batch check)."""
+    _reason.append(reason)
     _requested.set()
     for sig in (signal.SIGINT, signal.SIGTERM):  # an ignored SIGINT (nohup) stays ignored
         if signal.getsignal(sig) not in (signal.SIG_IGN, signal.SIG_DFL, None):

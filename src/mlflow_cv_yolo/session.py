@@ -229,7 +229,7 @@ class Session:
         """From the monitor's thread: the stack is gone for good; stop the session now
         rather than leave every client retrying for many minutes."""
         self.stack_failure = message
-        interrupts.interrupt_main()
+        interrupts.interrupt_main("the tracking stack failed")
 
     def links(self) -> dict[str, str]:
         """Where to look in MLflow's UI: this session's runs, best first, and its parent run."""

@@ -12,9 +12,13 @@ from typing import Callable
 from .base import Service, Stack
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+def _one_line(exc: Exception) -> str:
+    """One line: the error's first, and the last line of the log it quotes (if any)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    head = lines[0].removesuffix(":")
+    return f"{head}: {lines[-1]}" if len(lines) > 1 else head
 
 
 class HealthMonitor:
@@ -77,7 +81,7 @@ class HealthMonitor:
         try:
             service.restart()
         except Exception as exc:
-            self.failed = f"stack: {service.name} on {service.address} could not be restarted: {_first_line(exc)}"
+            self.failed = f"stack: {service.name} on {service.address} could not be restarted: {_one_line(exc)}"
             self.log(self.failed)
             self.on_failure(self.failed)
             return

@@ -26,10 +26,11 @@ class S3Endpoint:
     # folder), for tools configured by path such as DVC; None until a stack writes it.
     credentials_file: Path | None = None
 
-    def client(self):
+    def client(self, read_timeout: float = 30, attempts: int = 2):
         return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                            config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=30))
+                            config=Config(retries={"max_attempts": attempts}, connect_timeout=3,
+                                          read_timeout=read_timeout))
 
     @property
     def env(self) -> dict[str, str]:
@@ -111,7 +112,9 @@ class S3Server:
         self._migrate_snapshot()
         self.process.argv, self.process.env = self._argv()
         self.process.start()
-        client = self.endpoint.client()
+        # Short calls: something else answering on the port must not hold up noticing
+        # that our process died (wait_ready checks between calls).
+        client = self.endpoint.client(read_timeout=2, attempts=1)
         self.process.wait_ready(lambda: client.list_buckets() is not None, timeout=60)
         try:
             ensure_bucket(self.endpoint)
