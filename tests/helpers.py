@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # The smallest real grid: one epoch at 64 px, trained from scratch.
 MICRO = ("--set", "epochs=1", "--set", "imgsz=64", "--set", "lr0=0.01", "--set", "seed=1", "--set", "batch=8")
@@ -34,3 +36,16 @@ def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int 
     """The suite run to completion from the repo root (see suite_command, suite_env)."""
     return subprocess.run(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+# CI that provides a Docker engine (Podman in .ci/run) says so with this variable:
+# there, a test that finds no engine fails instead of skipping, so a broken engine
+# cannot turn CI green.
+REQUIRE_DOCKER = "CV_YOLO_REQUIRE_DOCKER"
+
+
+def engine_missing(why: str) -> None:
+    """Skip with `why`, or fail where CV_YOLO_REQUIRE_DOCKER=1."""
+    if os.environ.get(REQUIRE_DOCKER) == "1":
+        pytest.fail(f"{REQUIRE_DOCKER}=1 (CI declares a Docker engine) but {why}", pytrace=False)
+    pytest.skip(why)

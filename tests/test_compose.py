@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack.providers import docker_engine_answers
 
-from helpers import MICRO, REPO, run_suite
+from helpers import MICRO, REPO, engine_missing, run_suite
 
 COMPOSE = REPO / "compose.yaml"
 
@@ -69,7 +69,7 @@ def test_compose_file_wires_a_healthy_localhost_stack():
 def test_compose_tool_parses_the_file():
     tool = compose_tool()
     if tool is None:
-        pytest.skip(NO_TOOL)
+        engine_missing(NO_TOOL)
     # `config` validates against the compose schema and resolves variables; it needs no engine.
     result = subprocess.run([*tool, "-f", str(COMPOSE), "config"], cwd=REPO, capture_output=True, text=True,
                             env={k: v for k, v in os.environ.items() if not k.startswith("CV_YOLO_")})
@@ -109,7 +109,7 @@ def _project_leftovers(project: str) -> list[str]:
 def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml, monkeypatch):
     tool, why_not = compose_tool(), docker_engine_answers()
     if tool is None or why_not is not None:
-        pytest.skip(why_not or NO_TOOL)
+        engine_missing(why_not or NO_TOOL)
     project = f"cvyolo{uuid.uuid4().hex[:6]}"
     compose = [*tool, "-p", project, "-f", str(COMPOSE)]
     url = "http://127.0.0.1:5000"
