@@ -5,6 +5,7 @@ with a model that scores above zero on that synthetic set."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import uuid
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers import MICRO, REPO, run_suite
@@ -32,6 +34,21 @@ def checkpoint():
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return CHECKPOINT
+
+
+def test_checkpoint_is_the_locked_bytes_and_keeps_no_path_or_date(checkpoint):
+    """The same training writes the same file (fixed seed, threads, no dates or paths
+    kept), so a clone that rebuilds it matches the committed dvc.lock. If this fails
+    after a change to training: `dvc repro checkpoint` and commit dvc.lock."""
+    import torch
+
+    committed = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=REPO, capture_output=True, text=True, check=True)
+    (locked,) = yaml.safe_load(committed.stdout)["stages"]["checkpoint"]["outs"]
+    assert hashlib.md5(checkpoint.read_bytes()).hexdigest() == locked["md5"]
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["train_args"] == {"task": "detect", "imgsz": 64, "single_cls": False}
+    assert sorted(saved) == ["model", "train_args"]
+    assert str(REPO).encode() not in checkpoint.read_bytes()
 
 
 def session_of(result) -> str:
