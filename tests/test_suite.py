@@ -175,8 +175,8 @@ def test_same_configuration_reproduces_its_metrics(grid_session, stack_env, data
     client = grid_session["client"]
     first = grid_session["grid"]["lr0.02-seed7"]
     experiment = client.get_experiment_by_name("cv_yolo_tiny").experiment_id
-    (again,) = client.search_runs([experiment], "tags.`suite.test_id` = 'base'", max_results=1,
-                                  order_by=["attributes.start_time DESC"])
+    session = next(line.split()[1].rstrip(",") for line in result.stdout.splitlines() if line.startswith("session: "))
+    (again,) = client.search_runs([experiment], f"tags.`suite.session` = '{session}' and tags.`suite.kind` = 'grid'")
     keys = ("best/mAP50-95", "best/mAP50", "train/box_loss", "val/box_loss")
     assert {k: again.data.metrics[k] for k in keys} == {k: first.data.metrics[k] for k in keys}
 
@@ -226,6 +226,7 @@ def test_crashing_run_is_failed_in_mlflow_with_its_traceback(local_stack, stack_
     experiment = client.get_experiment_by_name("cv_yolo_tiny").experiment_id
     runs = client.search_runs([experiment], f"tags.`suite.session` = '{session}' and tags.`suite.kind` = 'grid'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
+    mlflow.set_tracking_uri(local_stack.tracking_uri)  # for runs:/ URIs; put back after the test
     traceback = mlflow.artifacts.load_text(f"runs:/{runs[0].info.run_id}/error/traceback.txt")
     assert "images/nowhere" in traceback
 
