@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -130,6 +131,9 @@ def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml,
         up = subprocess.run([*compose, "up", "-d"], cwd=REPO, capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         _wait_healthy(url, timeout=240)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the basic-auth app guards the API
+            urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert refused.value.code == 401
         env = compose_env()
         credentials = {"MLFLOW_TRACKING_USERNAME": env["MLFLOW_AUTH_ADMIN_USERNAME"],
                        "MLFLOW_TRACKING_PASSWORD": env["MLFLOW_AUTH_ADMIN_PASSWORD"]}
