@@ -1,5 +1,5 @@
-"""Shared fixtures of the project's own tests: real data, a real tracking stack,
-and a way to run the experiment suite as a user would (a pytest subprocess)."""
+"""Shared fixtures of the project's own tests: real data (carried in tests/data), a
+real tracking stack, and each test's MLflow settings put back after it."""
 
 from __future__ import annotations
 
@@ -8,30 +8,40 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from mlflow_cv_yolo.session_info import CLIENT_ENV
 from mlflow_cv_yolo.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_COCO = REPO.parent / "shared" / "data" / "tiny_coco"
+DATA = REPO / "tests" / "data"
 os.environ.update(CLIENT_ENV)  # this process's own MLflow clients download through the server too
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_settings_restored():
+    """A test that points mlflow somewhere (set_tracking_uri, MLFLOW_* variables)
+    leaves the next test where it found it."""
+    uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+    mlflow.set_tracking_uri(uri)  # after the environment: it writes MLFLOW_TRACKING_URI
 
 
 @pytest.fixture(scope="session")
 def tiny_coco() -> Path:
-    if not (TINY_COCO / "images" / "train").is_dir():
-        pytest.fail(f"real test data missing: {TINY_COCO} (see its README)")
-    return TINY_COCO
+    """60 real COCO person images, carried in the repository (see its README)."""
+    return DATA / "tiny_coco"
 
 
 @pytest.fixture(scope="session")
-def data_yaml(tmp_path_factory, tiny_coco) -> Path:
-    """A dataset yaml over the shared real images (they stay where they are)."""
-    path = tmp_path_factory.mktemp("data") / "tiny_coco.yaml"
-    path.write_text(f"path: {tiny_coco}\ntrain: images/train\nval: images/val\ntest: images/test\n"
-                    "names:\n  0: person\n")
-    return path
+def data_yaml() -> Path:
+    """The dataset yaml over tests/data/tiny_coco."""
+    return DATA / "tiny_coco.yaml"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """compose.yaml: its structure always; brought up for real, with the suite run
-against it (`--stack external`), when a compose tool and an engine answer."""
+against it (`--stack external`, logged in to MLflow's basic-auth app), when a compose
+tool and an engine answer (in CI they must: CV_YOLO_REQUIRE_DOCKER=1)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -16,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import docker_engine_answers
 
-from helpers import MICRO, REPO, run_suite
+from helpers import MICRO, REPO, engine_missing, run_suite
 
 COMPOSE = REPO / "compose.yaml"
 
@@ -30,6 +32,11 @@ def compose_tool() -> list[str] | None:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     return None
+
+
+def compose_env() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (REPO / "compose.env").read_text().splitlines()
+                if line and not line.startswith("#"))
 
 
 NO_TOOL = "no compose tool (docker compose, or docker-compose: apt-get install docker-compose) installed"
@@ -58,18 +65,25 @@ def test_compose_file_wires_a_healthy_localhost_stack():
     command = services["mlflow"]["command"][0]
     assert "mysql+pymysql://" in command and "--artifacts-destination s3://" in command
     assert "--allowed-hosts" in command and "--disable-security-middleware" not in command
+    # A shared server: MLflow's basic-auth app, its users on a volume, its admin from compose.env.
+    assert command.startswith("exec mlflow server --app-name basic-auth ")
+    assert services["mlflow"]["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert services["mlflow"]["volumes"] == ["./docker/mlflow/basic_auth.ini:/etc/mlflow/basic_auth.ini:ro",
+                                             "mlflow-auth:/var/lib/mlflow-auth"]
+    auth = (REPO / "docker" / "mlflow" / "basic_auth.ini").read_text()
+    assert "database_uri = sqlite:////var/lib/mlflow-auth/basic_auth.db" in auth and "admin_password" not in auth
     # Credentials come from the env file, not the compose file.
     assert all(s.get("env_file") == "compose.env" for s in services.values())
-    env = dict(line.split("=", 1) for line in (REPO / "compose.env").read_text().splitlines()
-               if line and not line.startswith("#"))
-    assert {"MYSQL_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY"} <= set(env)
-    assert not any(value in COMPOSE.read_text() for key, value in env.items() if "PASSWORD" in key)
+    env = compose_env()
+    assert {"MYSQL_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AUTH_ADMIN_USERNAME",
+            "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(env)
+    assert not any(value in COMPOSE.read_text() for key, value in env.items() if "PASSWORD" in key or "KEY" in key)
 
 
 def test_compose_tool_parses_the_file():
     tool = compose_tool()
     if tool is None:
-        pytest.skip(NO_TOOL)
+        engine_missing(NO_TOOL)
     # `config` validates against the compose schema and resolves variables; it needs no engine.
     result = subprocess.run([*tool, "-f", str(COMPOSE), "config"], cwd=REPO, capture_output=True, text=True,
                             env={k: v for k, v in os.environ.items() if not k.startswith("CV_YOLO_")})
@@ -109,7 +123,7 @@ def _project_leftovers(project: str) -> list[str]:
 def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml, monkeypatch):
     tool, why_not = compose_tool(), docker_engine_answers()
     if tool is None or why_not is not None:
-        pytest.skip(why_not or NO_TOOL)
+        engine_missing(why_not or NO_TOOL)
     project = f"cvyolo{uuid.uuid4().hex[:6]}"
     compose = [*tool, "-p", project, "-f", str(COMPOSE)]
     url = "http://127.0.0.1:5000"
@@ -117,9 +131,18 @@ def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml,
         up = subprocess.run([*compose, "up", "-d"], cwd=REPO, capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         _wait_healthy(url, timeout=240)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the basic-auth app guards the API
+            urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert refused.value.code == 401
+        env = compose_env()
+        credentials = {"MLFLOW_TRACKING_USERNAME": env["MLFLOW_AUTH_ADMIN_USERNAME"],
+                       "MLFLOW_TRACKING_PASSWORD": env["MLFLOW_AUTH_ADMIN_PASSWORD"]}
         result = run_suite("--stack", "external", "--data", str(data_yaml), *MICRO, "--registered-model",
-                           "compose-probe", env={"MLFLOW_TRACKING_URI": url}, tmp_path=tmp_path)
+                           "compose-probe", env={"MLFLOW_TRACKING_URI": url, **credentials}, tmp_path=tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert credentials["MLFLOW_TRACKING_PASSWORD"] not in result.stdout + result.stderr
+        for name, value in credentials.items():  # this process's client logs in the same way
+            monkeypatch.setenv(name, value)
         client = MlflowClient(url)
         version = client.get_model_version_by_alias("compose-probe", "staging")
         run = client.get_run(version.run_id)

@@ -1,4 +1,4 @@
-"""The dataset builder: real sources (the shared COCO person set, the synthetic set, small
+"""The dataset builder: real sources (the COCO person images in tests/data, the synthetic set, small
 YOLO folders and zips written here), real files, no mocks."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from mlflow_cv_yolo import synthetic
 from mlflow_cv_yolo.cli import main
 from mlflow_cv_yolo.dataset import DatasetError, build_dataset
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no shared dataset at {SHARED}")
+COCO_PERSONS = Path(__file__).resolve().parent / "data" / "tiny_coco"
 
 
 def quiet(_: str) -> None:
@@ -51,12 +50,11 @@ def source(tmp_path) -> Path:
     return write_source(tmp_path / "source")
 
 
-@needs_shared
-def test_builds_from_the_shared_coco_person_set(tmp_path):
-    result = build(SHARED, tmp_path)
+def test_builds_from_the_real_coco_person_set(tmp_path):
+    result = build(COCO_PERSONS, tmp_path)
     assert result.counts == (40, 10, 10)
     assert result.boxes == 253  # every box of the source is a person box
-    assert result.kind == "path" and result.source == str(SHARED.resolve())
+    assert result.kind == "path" and result.source == str(COCO_PERSONS.resolve())
     for split, count in zip(("train", "val", "test"), result.counts):
         assert len(list((result.out_dir / "images" / split).glob("*.jpg"))) == count
         assert len(list((result.out_dir / "labels" / split).glob("*.txt"))) == count

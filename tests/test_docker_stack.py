@@ -12,11 +12,14 @@ from mlflow.tracking import MlflowClient
 from mlflow_cv_yolo.stack import docker_engine_answers
 from mlflow_cv_yolo.stack.containers import DockerStack
 
-from helpers import MICRO, run_suite
+from helpers import MICRO, engine_missing, run_suite
 
-why_not = docker_engine_answers()
-pytestmark = pytest.mark.skipif(why_not is not None, reason=f"{why_not}: run ci/podman/setup.sh and source "
-                                                              "ci/podman/env, or start Docker")
+
+@pytest.fixture(scope="module", autouse=True)
+def docker_engine():
+    why_not = docker_engine_answers()
+    if why_not is not None:
+        engine_missing(f"{why_not}: run ci/podman/setup.sh and source ci/podman/env, or start Docker")
 
 
 def containers_using(folder: Path) -> list[str]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_cv_yolo.grid import GridError, expand, load_grid, parse_override
+from mlflow_cv_yolo.grid import GridError, expand, load_gate, load_grid, parse_override
 
 GRID = Path(__file__).resolve().parents[1] / "experiments" / "grid.yaml"
 
@@ -59,3 +59,37 @@ def test_grid_file_errors_name_the_file(tmp_path):
         load_grid(bad)
     with pytest.raises(GridError, match="not found"):
         load_grid(tmp_path / "missing.yaml")
+
+
+POINT = "model: yolov8n.yaml\noptimizer: SGD\nepochs: 1\nbatch: 8\nimgsz: 64\nlr0: 0.01\nseed: 1\n"
+
+
+def test_gate_mapping_is_read_and_left_out_of_the_grid(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(POINT + "gate:\n  min_map: 0.05\n  min_map_scratch: 0\n  min_improvement: 0.01\n")
+    assert load_gate(grid) == {"min_map": 0.05, "min_map_scratch": 0.0, "min_improvement": 0.01}
+    assert [r.id for r in expand(load_grid(grid))] == ["base"]
+    assert load_gate(GRID) == {}  # the default grid has none: pytest.ini's thresholds apply
+
+
+def test_ci_profile_carries_its_own_gate():
+    gate = load_gate(GRID.with_name("ci.yaml"))
+    assert set(gate) == {"min_map", "min_map_scratch", "min_improvement"}
+
+
+@pytest.mark.parametrize("gate, message", [
+    ("gate:\n  min_map: 1.5\n", "gate.min_map = 1.5: must be a number in [0, 1]"),
+    ("gate:\n  min_map: -0.1\n", "gate.min_map = -0.1: must be a number in [0, 1]"),
+    ("gate:\n  min_map: high\n", "gate.min_map = 'high': must be a number in [0, 1]"),
+    ("gate:\n  min_map: true\n", "gate.min_map = True: must be a number in [0, 1]"),
+    ("gate:\n  min_map: .nan\n", "gate.min_map = nan: must be a number in [0, 1]"),
+    ("gate:\n  min_mAP: 0.2\n", "gate.min_mAP: unknown key (allowed: min_map, min_map_scratch, min_improvement)"),
+    ("gate: 0.25\n", "gate: expected a mapping of min_map, min_map_scratch, min_improvement to numbers"),
+])
+def test_bad_gate_is_one_line_naming_the_file_and_key(tmp_path, gate, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(POINT + gate)
+    for load in (load_gate, load_grid):  # the grid itself refuses a bad gate too
+        with pytest.raises(GridError) as err:
+            load(grid)
+        assert str(err.value) == f"grid file {grid}: {message}"

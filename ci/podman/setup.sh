@@ -12,7 +12,9 @@ SOCK=/run/podman/podman.sock
 MYSQL_IMAGE=localhost/cv-yolo/mariadb:bookworm
 S3_IMAGE=localhost/cv-yolo/s3:bookworm
 MLFLOW_IMAGE=localhost/cv-yolo/mlflow:bookworm
-MLFLOW_VERSION=$(python3 -c 'import mlflow; print(mlflow.__version__)' 2>/dev/null || echo 3.17.2)
+LOCK=$here/../../requirements/constraints.txt
+# The python rootfs is cached per lock: a new lock builds a new one.
+PYTHON_ROOTFS=python-$(sha256sum "$LOCK" | cut -c1-12)
 mkdir -p "$CACHE"
 
 # docker-compose (Debian's 1.29, over Podman's Docker API) rather than podman-compose
@@ -62,12 +64,15 @@ rootfs() {  # name, packages: a cached debootstrap tarball
 
 python_packages() {
   # The rootfs trusts what this host trusts for the package index (proxies included).
-  cp /etc/resolv.conf "$CACHE/python-rootfs/etc/resolv.conf"
-  cp /etc/ssl/certs/ca-certificates.crt "$CACHE/python-rootfs/tmp/host-ca.pem"
-  chroot "$CACHE/python-rootfs" env -u PIP_FIND_LINKS PIP_CERT=/tmp/host-ca.pem REQUESTS_CA_BUNDLE=/tmp/host-ca.pem \
-    SSL_CERT_FILE=/tmp/host-ca.pem pip3 install -q \
-    --break-system-packages --no-cache-dir "mlflow==$MLFLOW_VERSION" pymysql cryptography boto3 "moto[server]"
-  rm -f "$CACHE/python-rootfs/tmp/host-ca.pem"
+  local root=$CACHE/$PYTHON_ROOTFS-rootfs
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/host-ca.pem"
+  cp "$LOCK" "$root/tmp/constraints.txt"
+  # Versions from the project's lock (Debian bookworm's python is 3.11, as the lock's).
+  chroot "$root" env -u PIP_FIND_LINKS PIP_CERT=/tmp/host-ca.pem REQUESTS_CA_BUNDLE=/tmp/host-ca.pem \
+    SSL_CERT_FILE=/tmp/host-ca.pem pip3 install -q --break-system-packages --no-cache-dir \
+    -c /tmp/constraints.txt "mlflow[auth]" pymysql cryptography boto3 "moto[server]"
+  rm -f "$root/tmp/host-ca.pem" "$root/tmp/constraints.txt"
 }
 
 mariadb_datadir() {
@@ -85,9 +90,11 @@ base() {  # tag, tarball
 
 start=$(date +%s)
 rootfs mariadb mariadb-server mariadb_datadir
-rootfs python python3,python3-pip,python3-venv,ca-certificates python_packages
+rootfs "$PYTHON_ROOTFS" python3,python3-pip,python3-venv,ca-certificates python_packages
 base localhost/cv-yolo/mariadb-base:bookworm "$CACHE/mariadb.tar"
-base localhost/cv-yolo/python-base:bookworm "$CACHE/python.tar"
+# Tagged per lock too, so that the layers below are rebuilt over a new base.
+base "localhost/cv-yolo/python-base:$PYTHON_ROOTFS" "$CACHE/$PYTHON_ROOTFS.tar"
+podman tag "localhost/cv-yolo/python-base:$PYTHON_ROOTFS" localhost/cv-yolo/python-base:bookworm
 # The small files on top are layers, rebuilt from cache in a second when unchanged.
 podman build -q -f "$here/Containerfile.mariadb" -t "$MYSQL_IMAGE" "$here" >/dev/null
 # The S3 image runs the library's own store, one file that imports nothing from the package.

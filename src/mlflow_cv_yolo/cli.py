@@ -50,6 +50,34 @@ def _add_dataset(commands: argparse._SubParsersAction) -> None:
     build.set_defaults(func=_dataset_build)
 
 
+def _checkpoint_build(args: argparse.Namespace) -> int:
+    from .checkpoint import build_checkpoint
+
+    if not args.data.is_file():
+        print(f"error: --data {args.data}: dataset yaml not found", file=sys.stderr)
+        return 1
+    build_checkpoint(args.data, args.out, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, lr0=args.lr0,
+                     seed=args.seed, threads=args.threads)
+    return 0
+
+
+def _add_checkpoint(commands: argparse._SubParsersAction) -> None:
+    checkpoint = commands.add_parser("checkpoint", help="train the project's own pretrained checkpoint")
+    actions = checkpoint.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = actions.add_parser("build", help="train yolov8n.yaml on a dataset and keep its best weights",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build.add_argument("--data", type=Path, required=True, help="dataset yaml to train on")
+    build.add_argument("--out", type=Path, required=True, help="checkpoint (.pt) to write")
+    build.add_argument("--epochs", type=_count, default=30, help="training epochs")
+    build.add_argument("--imgsz", type=_count, default=64, help="training image size, pixels")
+    build.add_argument("--batch", type=_count, default=8, help="batch size")
+    build.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (SGD)")
+    build.add_argument("--seed", type=int, default=0, help="training seed")
+    # A fixed thread count keeps the float reductions, hence the bytes, the same from run to run.
+    build.add_argument("--threads", type=_count, default=2, help="torch threads")
+    build.set_defaults(func=_checkpoint_build)
+
+
 def _ui(args: argparse.Namespace) -> int:
     from . import interrupts
     from .stack import ServiceError, make_stack
@@ -86,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlflow_cv_yolo", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_dataset(commands)
+    _add_checkpoint(commands)
     _add_ui(commands)
     return parser
 

@@ -118,8 +118,7 @@ def parse_override(text: str) -> tuple[str, list[str]]:
     return key, [v.strip() for v in raw.split(",")]
 
 
-def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[str, list[Any]]:
-    """Read the grid file, apply overrides and check every value. Returns key -> levels."""
+def _read(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -128,11 +127,19 @@ def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[s
         raise GridError(f"grid file {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):
         raise GridError(f"grid file {path}: expected a mapping of keys to values")
+    return raw
 
+
+def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[str, list[Any]]:
+    """Read the grid file, apply overrides and check every value. Returns key -> levels."""
+    raw = _read(path)
+    _check_gate(path, raw.get(GATE))
     levels: dict[str, list[Any]] = {}
     for key, value in raw.items():
+        if key == GATE:
+            continue
         if key not in FIELDS:
-            raise GridError(f"grid file {path}: unknown key {key!r} (allowed: {', '.join(FIELDS)})")
+            raise GridError(f"grid file {path}: unknown key {key!r} (allowed: {', '.join((*FIELDS, GATE))})")
         levels[key] = value if isinstance(value, list) else [value]
     for key, values in overrides:
         if key not in FIELDS:
@@ -152,6 +159,34 @@ def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[s
         # Weights are resolved, and the gate's threshold chosen, once per session.
         raise GridError(f"model={','.join(checked['model'])}: one model per session (run the suite once per model)")
     return checked
+
+
+# A grid file may carry its own promotion thresholds (a profile is gated for its
+# settings: 64-pixel CI runs cannot reach what 416-pixel runs do). Precedence:
+# command line > grid file > pytest.ini.
+GATE = "gate"
+GATE_KEYS = ("min_map", "min_map_scratch", "min_improvement")
+
+
+def load_gate(path: Path) -> dict[str, float]:
+    """The grid file's `gate:` mapping, checked: key -> threshold in [0, 1]; {} without one."""
+    return _check_gate(path, _read(path).get(GATE))
+
+
+def _check_gate(path: Path, gate: Any) -> dict[str, float]:
+    if gate is None:
+        return {}
+    if not isinstance(gate, dict):
+        raise GridError(f"grid file {path}: gate: expected a mapping of {', '.join(GATE_KEYS)} to numbers")
+    thresholds = {}
+    for key, value in gate.items():
+        if key not in GATE_KEYS:
+            raise GridError(f"grid file {path}: gate.{key}: unknown key (allowed: {', '.join(GATE_KEYS)})")
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is None or not 0.0 <= number <= 1.0:
+            raise GridError(f"grid file {path}: gate.{key} = {value!r}: must be a number in [0, 1]")
+        thresholds[key] = float(number)
+    return thresholds
 
 
 def expand(levels: dict[str, list[Any]]) -> list[RunConfig]:

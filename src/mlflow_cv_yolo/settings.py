@@ -30,12 +30,13 @@ def margin(text: str) -> float:
     return value
 
 
-def criteria_from(given: dict[str, float | None], ini: dict[str, str]) -> Criteria:
-    """Command line first, then pytest.ini; an ini value out of range names its key."""
+def criteria_from(given: dict[str, float | None], ini: dict[str, str], gate: dict[str, float]) -> Criteria:
+    """Command line first, then the grid file's `gate:` (checked when read), then
+    pytest.ini; an ini value out of range names its key."""
     values = {}
     for key, parse in (("min_map", fraction), ("min_map_scratch", fraction), ("min_improvement", margin)):
-        if given.get(key) is not None:
-            values[key] = given[key]
+        if given.get(key) is not None or key in gate:
+            values[key] = given[key] if given.get(key) is not None else gate[key]
             continue
         try:
             values[key] = parse(str(ini[key]))
