@@ -76,7 +76,7 @@ class Criterion:
 
 @dataclass(frozen=True)
 class Decision:
-    outcome: str                 # "promoted", "rejected", "incomplete" or "skipped"
+    outcome: str                 # "promoted", "kept" (already production), "rejected", "incomplete" or "skipped"
     reason: str
     session: str
     scope: str = ""              # "partial grid: 2 of 8 configurations" for a -k slice
@@ -218,6 +218,11 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
 
     champion_record = None
     champion = _holder(client, registered_model, "production")
+    if champion is not None and champion.run_id == candidate.run_id:
+        # A reused run that already holds production: nothing new to judge or register.
+        return Decision("kept", f"{candidate.name} is {registered_model} v{champion.version} @production already: "
+                                "nothing registered", candidate=candidate.name, candidate_run_id=candidate.run_id,
+                        criteria=tuple(checks), metrics=metrics, params=dict(candidate.params), **base)
     if champion is None:
         checks.append(Criterion("improvement over champion", criteria.min_improvement, None, True,
                                 "no version holds `production`: the absolute threshold alone decides"))

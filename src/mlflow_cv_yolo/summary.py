@@ -61,6 +61,8 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
                f"v{decision.version} @{decision.alias}"), GREEN
     elif decision.outcome == "skipped":
         yield "decision: skipped (--no-promote)", {}
+    elif decision.outcome == "kept":
+        yield f"decision: {decision.reason}", GREEN
     else:
         yield f"decision: {decision.reason}", RED
         if decision.failed:
