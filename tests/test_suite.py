@@ -76,6 +76,15 @@ def test_session_prints_stack_weights_table_and_decision(grid_session):
     assert "decision: PROMOTED" in out and f"{grid_session['model']} v1 @production" in out
 
 
+def test_the_terminal_has_no_third_party_noise(grid_session):
+    """Nothing but pytest's and the suite's own lines: no MLflow INFO lines, progress
+    bars or run links, no warnings summary of other libraries' warnings."""
+    out = grid_session["result"].stdout
+    for noise in ("INFO", "🏃", "View run", "Downloading artifacts", "Successfully registered", "Created version",
+                  "warnings summary", "it/s]"):
+        assert noise not in out, noise
+
+
 def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
     client, grid = grid_session["client"], grid_session["grid"]
     assert sorted(grid) == ["lr0.002-seed7", "lr0.002-seed8", "lr0.02-seed7", "lr0.02-seed8"]

@@ -71,6 +71,7 @@ class Progress:
         self.interval = interval
         self._lock = threading.RLock()
         self._shown = 0  # characters of ours at the end of the current line
+        self._width = 0  # pytest's current line when we last wrote a line of ours (logs)
         self._last = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
@@ -103,8 +104,11 @@ class Progress:
                     return
                 if not self.tty:
                     if text != self._last:
-                        start = "\n" if self.terminal.width_of_current_line else ""
+                        # A new line only where pytest wrote since our last one (its dots).
+                        width = self.terminal.width_of_current_line
+                        start = "\n" if width and width != self._width else ""
                         self._write(f"{start}[progress] {text}\n")
+                        self._width = width
                 else:
                     self.hide()
                     self._show(text)

@@ -26,11 +26,14 @@ class TrainResult:
     best_metrics: dict[str, float]
 
 
-def _drop_ultralytics_mlflow(trainer) -> None:
-    # ultralytics' own MLflow callback would open a second run beside ours (it is
-    # off under pytest only by a name check on the test); we own the run.
+def _drop_integrations(trainer) -> None:
+    # ultralytics adds a callback per logger it finds installed (MLflow, Ray Tune, DVC,
+    # W&B, ...): its MLflow one would open a second run beside ours (it is off under
+    # pytest only by a name check on the test), the others log elsewhere or warn
+    # (Ray Tune's, outside a Tune trial). We own the run; only ultralytics' base stays.
     for event, fns in trainer.callbacks.items():
-        trainer.callbacks[event] = [f for f in fns if not f.__module__.endswith("callbacks.mlflow")]
+        trainer.callbacks[event] = [f for f in fns if not f.__module__.startswith("ultralytics.utils.callbacks.")
+                                    or f.__module__ == "ultralytics.utils.callbacks.base"]
 
 
 def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int,
@@ -43,7 +46,7 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         logging.getLogger("ultralytics").setLevel(logging.WARNING)
 
     def setup(trainer) -> None:
-        _drop_ultralytics_mlflow(trainer)
+        _drop_integrations(trainer)
         # ultralytics sets cpu_count-1 threads; under xdist each worker gets its share.
         torch.set_num_threads(threads)
 
