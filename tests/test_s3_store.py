@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import boto3
@@ -100,11 +101,11 @@ def log_artifacts(tracking_uri: str, folder: Path) -> tuple[str, dict[str, bytes
     for name, data in written.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("durable")
-    with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(folder))
-    return run.info.run_id, written
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment(f"durable-{uuid.uuid4().hex[:6]}")).info.run_id
+    client.log_artifacts(run_id, str(folder))
+    client.set_terminated(run_id)
+    return run_id, written
 
 
 def downloaded(tracking_uri: str, run_id: str, dest: Path) -> dict[str, bytes]:

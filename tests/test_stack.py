@@ -79,13 +79,12 @@ def test_embedded_stack_keeps_runs_across_restarts(tmp_path):
 
 def test_local_stack_restart_keeps_runs_and_artifacts(tmp_path):
     with LocalStack(tmp_path, log=lambda _: None) as info:
-        mlflow.set_tracking_uri(info.tracking_uri)
-        mlflow.set_experiment("keep")
-        with mlflow.start_run() as run:
-            mlflow.log_text("kept", "kept.txt")
+        client = MlflowClient(info.tracking_uri)
+        run_id = client.create_run(client.create_experiment("keep")).info.run_id
+        client.log_text(run_id, "kept", "kept.txt")
     with LocalStack(tmp_path, log=lambda _: None) as info:
         mlflow.set_tracking_uri(info.tracking_uri)
-        assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/kept.txt") == "kept"
+        assert mlflow.artifacts.load_text(f"runs:/{run_id}/kept.txt") == "kept"
 
 
 def test_leftover_from_killed_session_is_stopped(tmp_path):
