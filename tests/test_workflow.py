@@ -21,7 +21,7 @@ def test_workflow_runs_the_gate_with_the_secrets_and_uploads_the_report():
     runs = " ".join(step.get("run", "") for step in steps)
     assert 'pip install -c requirements/constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu -e ".[ray,test]"' in runs
     tests = next(step for step in steps if step.get("run", "").startswith("pytest tests"))
-    assert tests["env"] == {"CV_YOLO_REQUIRE_DOCKER": "1"}
+    assert tests["env"] == {"CV_YOLO_REQUIRE_DOCKER": "1", "CV_YOLO_CHROMIUM": "/usr/bin/google-chrome"}
     gate = next(step for step in steps if "ci/gate.sh" in step.get("run", ""))
     assert gate["env"] == {name: f"${{{{ secrets.{name} }}}}" for name in (
         "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
