@@ -109,10 +109,12 @@ class RunConfig:
     config_id: str
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        # Through __dict__: unpickling (a run sent to another process) asks for
+        # attributes before `values` is set, and self.values would recurse.
+        values = self.__dict__.get("values") or {}
+        if name not in values:
+            raise AttributeError(name)
+        return values[name]
 
 
 def _format(value: Any) -> str:
