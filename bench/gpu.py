@@ -62,9 +62,16 @@ def _phase(configs, placements, args, model: str, amp_checked: str | None, folde
     return time.monotonic() - start, dict(results)
 
 
+def _device(text: str) -> str:
+    try:
+        return devices.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", type=devices.parse, default="auto", help="auto (default), cpu, mps or N[,M...]")
+    parser.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, mps or N[,M...]")
     parser.add_argument("--runs", type=int, default=None, help="the first RUNS grid points (default: all 8)")
     parser.add_argument("--epochs", type=int, default=None, help="override the grid's epochs")
     parser.add_argument("--imgsz", type=int, default=None, help="override the grid's imgsz (e.g. 64 for a smoke test)")

@@ -69,15 +69,16 @@ def cpu_count() -> int:
 
 def parse(text: str) -> str:
     """The syntax of --device (argparse's type=): auto, cpu, mps, or GPU indices N[,M...].
-    Whether the machine has them is checked later, by `select`."""
+    Whether the machine has them is checked later, by `select`. The ValueError's text
+    follows the option and its value."""
     value = text.strip().lower()
     if value in (AUTO, CPU, MPS):
         return value
     parts = [p.strip() for p in value.removeprefix("cuda:").split(",")]
     if not all(p.isdigit() for p in parts):
-        raise ValueError(f"{text!r}: expected auto, cpu, mps or GPU indices such as 0 or 0,1")
+        raise ValueError("expected auto, cpu, mps or GPU indices such as 0 or 0,1")
     if len(set(map(int, parts))) != len(parts):
-        raise ValueError(f"{text!r}: a GPU is given twice")
+        raise ValueError("a GPU is given twice")
     return ",".join(str(int(p)) for p in parts)
 
 
