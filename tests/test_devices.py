@@ -185,6 +185,18 @@ def test_amp_check_offline_is_skipped_at_once_and_says_why():
     assert training.amp_check("cpu") == "skipped: no AMP on cpu"
 
 
+def test_the_trainer_takes_the_sessions_amp_verdict_instead_of_checking_again():
+    """ultralytics' trainer calls check_amp by its module's name: the verdict replaces it
+    while a run trains, and nothing else is left changed."""
+    from ultralytics.engine import trainer
+
+    original = trainer.check_amp
+    for verdict in ("passed", "skipped: offline", "failed", "failed: the check raised OSError: ..."):
+        with training._amp_verdict(not verdict.startswith("failed")):
+            assert trainer.check_amp(None) is (not verdict.startswith("failed"))
+    assert trainer.check_amp is original
+
+
 @pytest.mark.parametrize("device, error", [
     ("gpu", "ERROR: --device gpu: expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
     ("0", "ERROR: --device 0: CUDA is not available here (no CUDA, no mps); use --device cpu or auto"),

@@ -38,7 +38,7 @@ AMP_WEIGHTS = "yolo26n.pt"
 
 def amp_check(device: str) -> str:
     """ultralytics' AMP check, run once (a session's, a benchmark's) rather than by
-    every trainer: `passed`, `failed` (AMP off) or `skipped: why`. It needs
+    every trainer: `passed`, `failed[: why]` (AMP off) or `skipped: why`. It needs
     yolo26n.pt; offline, its download would hang or fail the run, so where the file
     is not on disk the check is skipped and AMP stays on, unchecked."""
     if not device.startswith("cuda"):
@@ -56,6 +56,8 @@ def amp_check(device: str) -> str:
     try:
         model = YOLO("yolov8n.yaml").model.to(device)  # the check reads only the device and stride
         return "passed" if check_amp(model) else "failed"
+    except Exception as exc:  # a check that cannot run vouches for nothing: AMP off
+        return f"failed: the check raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     finally:
         callbacks.default_callbacks.clear()
         callbacks.default_callbacks.update(backup)
@@ -112,7 +114,7 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         torch.cuda.reset_peak_memory_stats(device)
         if amp and amp_checked is None:
             amp_checked = amp_check(device)
-    with _amp_verdict(amp_checked != "failed"):
+    with _amp_verdict(not (amp_checked or "").startswith("failed")):
         yolo.train(
             data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
             optimizer=run.optimizer, deterministic=True, device=device, workers=dataloader_workers,
