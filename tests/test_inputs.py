@@ -52,7 +52,7 @@ GRID = "model: yolov8n.yaml\noptimizer: SGD\nepochs: 1\nbatch: 8\nimgsz: 64\nlr0
 
 @pytest.mark.parametrize("change, error", [
     ({"colour": "red"}, "grid file {grid}: unknown key 'colour' (allowed: model, optimizer, epochs, batch, imgsz, "
-                        "lr0, seed, gate)"),
+                        "lr0, seed, amp, gate)"),
     ({"epochs": "[1, two]"}, "epochs=two: must be an integer"),
     ({"lr0": "[0.01, 0.0100000001]"}, "two grid points have the same test id 'lr0.01' (lr0=0.01 and "
                                       "0.0100000001): give values that differ when printed"),

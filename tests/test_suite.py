@@ -10,6 +10,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlflow_cv_yolo import devices
 from mlflow_cv_yolo.detector import COLUMNS, encode_images
 
 from helpers import MICRO, run_suite
@@ -108,6 +109,28 @@ def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
         assert not any("password" in k.lower() or "secret" in k.lower() for k in {**params, **run.data.tags})
 
 
+def cpu_line(requested: str, workers: int) -> str:
+    """The header's devices line on this CUDA-less machine (its core count varies)."""
+    cpus = devices.cpu_count()
+    threads, slots = max(1, cpus // workers), min(workers, cpus)
+    why = "auto: no CUDA, no mps" if requested == "auto" else f"--device {requested}; found no CUDA, no mps"
+    return (f"devices: cpu ({why}) — {workers} worker{'s' if workers > 1 else ''}, {threads} thread"
+            f"{'s' if threads > 1 else ''} each, {slots} training slot{'s' if slots > 1 else ''} on {cpus} core"
+            f"{'s' if cpus > 1 else ''}")
+
+
+def test_auto_device_resolves_to_the_cpu_here_and_runs_record_it(grid_session):
+    if devices.probe().cuda:
+        pytest.skip("this machine has CUDA: auto selects it")
+    assert cpu_line("auto", 2) in grid_session["result"].stdout.splitlines()
+    client = grid_session["client"]
+    for run in grid_session["grid"].values():
+        assert (run.data.params["device"], run.data.tags["amp"]) == ("cpu", "false")
+        assert "amp.check" not in run.data.tags and "peak_gpu_memory_MiB" not in run.data.metrics
+        # MLflow's system metrics (psutil comes with ultralytics), a sample every 2 s
+        assert client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+
+
 def test_lr0_changes_the_learning_rate_curve(grid_session):
     client, grid = grid_session["client"], grid_session["grid"]
     curves = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr/pg0"),
@@ -194,8 +217,9 @@ def test_gate_fails_and_registers_nothing(grid_session, stack_env, data_yaml, tm
     client, model = grid_session["client"], grid_session["model"]
     before = client.search_model_versions(f"name = '{model}'")
     result = run_suite("--data", str(data_yaml), *MICRO, "--registered-model", model, "--min-map-scratch", "0.9",
-                       env=stack_env, tmp_path=tmp_path)
+                       "--device", "cpu", env=stack_env, tmp_path=tmp_path)
     assert result.returncode == 1
+    assert cpu_line("cpu", 1) in result.stdout.splitlines()
     assert "1 passed" in result.stdout
     assert "promotion gate FAILED: best mAP50-95 (val) = 0.0000, needs >= 0.9000 (short by 0.9000)" in result.stdout
     assert len(client.search_model_versions(f"name = '{model}'")) == len(before)

@@ -99,8 +99,10 @@ class YoloDetector(mlflow.pyfunc.PythonModel):
         import torch
         from ultralytics import YOLO
 
+        # ultralytics loads a checkpoint onto the CPU (map_location="cpu") whatever device
+        # saved it, so weights trained on a GPU load on a CPU-only machine; they run where
+        # the model is used, not where it was trained.
         self.model = YOLO(context.artifacts["weights"])
-        # Where the model is used, not where it was trained.
         self.device = "cuda:0" if torch.cuda.is_available() else "cpu"
 
     # The hint is pandas' because MLflow infers and enforces nothing from it (a

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from . import tracking, training
+from .devices import Placement, slot
 from .grid import RunConfig
 from .session_info import SessionInfo
 
@@ -71,19 +72,34 @@ class TrainRequest:
     run_id: str
     config: RunConfig
     info: SessionInfo
-    threads: int
+    placement: Placement
+
+
+def slots_folder(info: SessionInfo) -> Path:
+    """Where a session's workers share their training slots (devices.slot)."""
+    return Path(info.workdir) / ".slots"
 
 
 def train_into_run(request: TrainRequest) -> None:
     """Train and record into an existing run, which ends FINISHED; a crash ends it
     FAILED with its traceback as an artifact, an interruption KILLED saying so; either
     way the exception propagates."""
-    info, run_id = request.info, request.run_id
+    info, run_id, place = request.info, request.run_id, request.placement
     client = MlflowClient(info.tracking_uri)
     try:
         logger = tracking.EpochLogger(client, run_id)
-        result = training.train(request.config, data=Path(info.data), model=info.model_used,
-                                project=Path(info.workdir), threads=request.threads, callbacks=logger.callbacks)
+        amp = bool(request.config.values.get("amp", True)) and place.kind == "cuda"
+        client.log_param(run_id, "device", place.label)
+        if place.kind == "cuda":
+            client.set_tag(run_id, "amp.check", info.amp_check)
+        with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
+            result = training.train(request.config, data=Path(info.data), model=info.model_used,
+                                    project=Path(info.workdir), threads=place.threads, device=place.device,
+                                    dataloader_workers=place.dataloader_workers, amp=amp,
+                                    amp_checked=info.amp_check, callbacks=logger.callbacks)
+        client.set_tag(run_id, "amp", str(result.amp).lower())
+        if result.peak_gpu_memory_mb is not None:
+            client.log_metric(run_id, "peak_gpu_memory_MiB", result.peak_gpu_memory_mb)
         tracking.log_results(client, run_id, result)
     except KeyboardInterrupt:
         client.set_tag(run_id, tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")

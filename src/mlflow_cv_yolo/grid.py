@@ -74,6 +74,13 @@ def _model(key: str, value: Any) -> str:
     return name
 
 
+def _bool(key: str, value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise GridError(f"{key}={value}: must be true or false")
+    return text == "true"
+
+
 FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "model": _model,
     "optimizer": _optimizer,
@@ -82,9 +89,12 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "imgsz": _imgsz,
     "lr0": _lr,
     "seed": _seed,
+    "amp": _bool,  # mixed precision on CUDA (ignored elsewhere)
 }
+# Keys a grid may leave out; a run without one uses the default and does not record it.
+OPTIONAL = {"amp": True}
 # Axes in the order they appear in a run id; fixed keys never appear there.
-ID_ORDER = ("model", "optimizer", "epochs", "batch", "imgsz", "lr0", "seed")
+ID_ORDER = ("model", "optimizer", "epochs", "batch", "imgsz", "lr0", "amp", "seed")
 # lr0=0.01 reads "lr0.01" in an id, not "lr00.01".
 ID_PREFIX = {"lr0": "lr"}
 
@@ -99,13 +109,17 @@ class RunConfig:
     config_id: str
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        # Through __dict__: unpickling (a run sent to another process) asks for
+        # attributes before `values` is set, and self.values would recurse.
+        values = self.__dict__.get("values") or {}
+        if name not in values:
+            raise AttributeError(name)
+        return values[name]
 
 
 def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -146,7 +160,7 @@ def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[s
             raise GridError(f"--set {key}: unknown key (allowed: {', '.join(FIELDS)})")
         levels[key] = values
 
-    missing = [k for k in FIELDS if k not in levels]
+    missing = [k for k in FIELDS if k not in levels and k not in OPTIONAL]
     if missing:
         raise GridError(f"grid file {path}: missing keys {', '.join(missing)}")
     checked = {}

@@ -182,8 +182,9 @@ def skipped(session: str, runs: list[RunRecord], why: str) -> Decision:
 
 def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, completeness: Completeness,
            criteria: Criteria, pretrained: bool, weights_note: str, dataset_digest: str | None,
-           registered_model: str, data: Path, workdir: Path) -> Decision:
-    """Rank, evaluate the candidate (and any champion) on val and test, check criteria."""
+           registered_model: str, data: Path, workdir: Path, device: str | None = None) -> Decision:
+    """Rank, evaluate the candidate (and any champion) on val and test, check criteria;
+    evaluations run on `device` (default: a GPU where torch sees one, else the CPU)."""
     ranked = ranking.rank_configs(runs)
     base = dict(session=session, scope=completeness.scope, dataset_digest=dataset_digest,
                 table=tuple(ranking.runs_table(runs)), noise=ranking.seed_noise(ranked).sentence)
@@ -206,7 +207,8 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
     work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
     imgsz = int(candidate.params.get("imgsz", 320))
     weights = _weights_from_run(client, candidate.run_id, work / "candidate")
-    test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test")
+    test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test",
+                    device=device)
     client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
     client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
     metrics = {**{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
@@ -232,10 +234,12 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
         champ_weights = next(source.rglob("best.pt"))
         champ_imgsz = int(client.get_run(champion.run_id).data.params.get("imgsz", imgsz)) if champion.run_id else imgsz
         # Re-evaluated beside the champion, so both val figures come from one evaluation code path.
-        val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val")
-        champ_val = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val")
+        val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val",
+                       device=device)
+        champ_val = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val",
+                             device=device)
         champ_test = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work,
-                              name="champion-test")
+                              name="champion-test", device=device)
         champion_record = {"version": champion.version, "run_id": champion.run_id,
                            "val/mAP50-95": champ_val["mAP50-95"], "test/mAP50-95": champ_test["mAP50-95"],
                            "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"]}

@@ -31,7 +31,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import experiment, interrupts, preflight, progress, promotion, ranking, report, tracking, weights
+from . import devices, experiment, interrupts, preflight, progress, promotion, ranking, report, tracking, weights
 from .grid import RunConfig
 from .preflight import InputError
 from .promotion import Completeness, Decision
@@ -99,6 +99,8 @@ class Session:
         self.tests: dict[str, _Test] = {}
         self.stack_failure: str | None = None
         self._claim = None
+        self._found: devices.Found | None = None
+        self.devices: tuple[str, ...] = ()
         self._state_dir: Path | None = None
         self._ready_in = self._state_shown = ""
 
@@ -118,14 +120,16 @@ class Session:
             except StackInUse as exc:
                 raise InputError(f"--stack-dir: {exc}") from None
         started = time.monotonic()
-        # Looking for the weights (maybe downloading them) overlaps the stack's start.
-        with ThreadPoolExecutor(1) as pool:
+        # Looking for the weights (maybe downloading them) and AMP's check overlap the stack's start.
+        with ThreadPoolExecutor(2) as pool:
             model = pool.submit(lambda: choice or weights.resolve(self.grid[0].model))
+            amp = pool.submit(self._amp_check)
             try:
                 self.stack_info = self.stack.start(reason)
             except (ServiceError, RuntimeError) as exc:
                 raise StackError(f"--stack {kind}: {exc}") from None
             choice = model.result()
+            amp_check = amp.result()
         ready = f"{time.monotonic() - started:.1f} s"
         # This process's MLflow calls by URI (models:/..., runs:/...) resolve on this session's server.
         mlflow.set_tracking_uri(self.stack_info.tracking_uri)
@@ -146,7 +150,7 @@ class Session:
             tracking_uri=self.stack_info.tracking_uri, stack_kind=kind, data=str(s.data),
             model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
-            git_commit=commit, **lineage)
+            git_commit=commit, devices=self.devices, amp_check=amp_check, **lineage)
         if self.info.dataset_md5:
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.
@@ -159,6 +163,11 @@ class Session:
     def _check_inputs(self, kind: str):
         """Everything that can be refused before a process starts or a file is written."""
         s = self.settings
+        self._found = devices.probe()
+        try:
+            self.devices = devices.select(s.device, self._found)
+        except devices.DeviceError as exc:
+            raise InputError(str(exc)) from None
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if kind == "external":
             if not uri:
@@ -180,6 +189,15 @@ class Session:
         preflight.check_dataset(s.data)
         preflight.check_model(self.grid[0].model)
         return data_state
+
+    def _amp_check(self) -> str | None:
+        """ultralytics' AMP check, once for the session, where runs train on CUDA with AMP."""
+        device = self.devices[0].split()[0]
+        if not device.startswith("cuda") or not any(c.values.get("amp", True) for c in self.grid):
+            return None
+        from . import training
+
+        return training.amp_check(device)
 
     def _required_weights(self) -> weights.ModelChoice | None:
         """With --require-pretrained, missing weights stop the session before anything starts."""
@@ -253,7 +271,11 @@ class Session:
         data = f"data: {info.data}"
         if info.dataset_md5:
             data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
-        return lines + [data]
+        lines += [data, devices.describe(self.settings.device, self._found, self.devices, self.settings.workers,
+                                         devices.cpu_count())]
+        if info.amp_check:
+            lines += [f"  AMP check: {info.amp_check}"]
+        return lines
 
     # -- 2. and 3. the tests ----------------------------------------------------------
 
@@ -322,7 +344,8 @@ class Session:
             decision = promotion.decide(
                 client, runs, session=info.session_id, completeness=completeness, criteria=s.criteria,
                 pretrained=info.pretrained, weights_note=info.model_note, dataset_digest=info.dataset_md5,
-                registered_model=s.registered_model, data=Path(info.data), workdir=Path(info.workdir))
+                registered_model=s.registered_model, data=Path(info.data), workdir=Path(info.workdir),
+                device=info.devices[0].split()[0])
             if decision.outcome == "promoted":
                 decision = promotion.promote(client, decision, registered_model=s.registered_model,
                                              alias=s.promote_to, tags={

@@ -1,5 +1,5 @@
 """What the session's controller hands every worker, decided once: where to track,
-which session and parent run, which weights and data. Travels as a plain dict
+which session and parent run, which weights and data, which devices. Travels as a plain dict
 (xdist's `workerinput`, a Ray task's argument)."""
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ class SessionInfo:
     dataset_dirty: bool = False
     dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
     dataset_lock_commit: str | None = None
+    # The selected devices' labels (devices.select); worker k trains on devices[k % len].
+    devices: tuple[str, ...] = ("cpu",)
+    amp_check: str | None = None  # training.amp_check's verdict, once per session; None: not checked
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
 
     def to_dict(self) -> dict:
@@ -50,4 +53,4 @@ class SessionInfo:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SessionInfo":
-        return cls(**raw)
+        return cls(**{**raw, "devices": tuple(raw.get("devices", ("cpu",)))})

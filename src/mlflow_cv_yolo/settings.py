@@ -65,6 +65,8 @@ class Settings:
     reports_dir: Path
     runs_dir: Path
     images: dict[str, str | None] = field(default_factory=dict)
+    device: str = "auto"  # --device, its syntax checked (devices.parse); the machine is asked at start
+    workers: int = 1      # xdist's -n (1 without xdist)
 
     def load_grid(self) -> list[RunConfig]:
         """The whole grid (before -k): read only when the experiment tests are collected."""
@@ -91,4 +93,11 @@ def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: C
         promote=not options["no_promote"], require_pretrained=options["require_pretrained"],
         allow_dirty_data=options["allow_dirty_data"], reports_dir=absolute(options["reports_dir"], cwd),
         runs_dir=absolute(options["runs_dir"], cwd),
-        images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")})
+        images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")},
+        device=options.get("device") or "auto", workers=_workers(options))
+
+
+def _workers(options: dict[str, Any]) -> int:
+    """How many xdist workers the session runs (one gateway each), 1 without xdist."""
+    distributed = options.get("dist", "no") != "no" and options.get("tx")
+    return max(1, len(options["tx"])) if distributed else 1

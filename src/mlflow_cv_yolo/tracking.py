@@ -7,6 +7,7 @@ experiment result, so nothing is retried or swallowed."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -233,3 +234,27 @@ def end_running(client: MlflowClient, experiment_id: str, session_id: str, *, st
         client.set_terminated(run.info.run_id, status)
         ended.append(run.info.run_id)
     return ended
+
+
+# Short runs (seconds on a GPU) get samples too; MLflow's default is one per 10 s.
+SYSTEM_METRICS_INTERVAL = 2.0
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, tracking_uri: str):
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, and
+    `system/gpu_*` where nvidia-ml-py finds a GPU) for a run by id, while the block
+    runs. Without psutil MLflow has no monitor: the run is tagged so and trains on.
+    The monitor is MLflow's own and best effort (it logs its failures as warnings)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as exc:  # psutil is not installed
+        MlflowClient(tracking_uri).set_tag(run_id, "system_metrics", f"not recorded: {exc}")
+        yield
+        return
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL, tracking_uri=tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

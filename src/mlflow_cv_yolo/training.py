@@ -1,8 +1,12 @@
-"""Training one grid configuration with ultralytics, on the CPU, with the
-caller's callbacks attached to the trainer."""
+"""Training one grid configuration with ultralytics on the device it is given, with
+the caller's callbacks attached to the trainer; evaluating weights on a split.
+
+Imports neither MLflow nor torch at module level: bench/gpu.py trains through it
+where only torch and ultralytics are installed."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,52 @@ class TrainResult:
     last: Path
     # Metrics of best.pt on the val split, ultralytics' names (e.g. "metrics/mAP50-95(B)").
     best_metrics: dict[str, float]
+    amp: bool = False  # mixed precision, as the trainer used it
+    peak_gpu_memory_mb: float | None = None  # torch's peak allocation on the run's CUDA device
+
+
+# The weights ultralytics' AMP check loads (and downloads when they are missing).
+AMP_WEIGHTS = "yolo26n.pt"
+
+
+def amp_check(device: str) -> str:
+    """ultralytics' AMP check, run once (a session's, a benchmark's) rather than by
+    every trainer: `passed`, `failed[: why]` (AMP off) or `skipped: why`. It needs
+    yolo26n.pt; offline, its download would hang or fail the run, so where the file
+    is not on disk the check is skipped and AMP stays on, unchecked."""
+    if not device.startswith("cuda"):
+        return f"skipped: no AMP on {device}"
+    from ultralytics.utils import WEIGHTS_DIR
+
+    weights = WEIGHTS_DIR / AMP_WEIGHTS
+    if not weights.is_file():
+        return f"skipped: {weights} is not on disk (no download tried)"
+    from ultralytics import YOLO
+    from ultralytics.utils import callbacks
+    from ultralytics.utils.checks import check_amp
+
+    backup = callbacks.default_callbacks.copy()  # check_amp resets them (ultralytics' trainer does the same)
+    try:
+        model = YOLO("yolov8n.yaml").model.to(device)  # the check reads only the device and stride
+        return "passed" if check_amp(model) else "failed"
+    except Exception as exc:  # a check that cannot run vouches for nothing: AMP off
+        return f"failed: the check raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    finally:
+        callbacks.default_callbacks.clear()
+        callbacks.default_callbacks.update(backup)
+
+
+@contextlib.contextmanager
+def _amp_verdict(passed: bool):
+    """The trainer asks check_amp itself; it gets the verdict checked once instead."""
+    from ultralytics.engine import trainer
+
+    original = trainer.check_amp
+    trainer.check_amp = lambda model: passed
+    try:
+        yield
+    finally:
+        trainer.check_amp = original
 
 
 def _drop_integrations(trainer) -> None:
@@ -36,9 +86,12 @@ def _drop_integrations(trainer) -> None:
                                     or f.__module__ == "ultralytics.utils.callbacks.base"]
 
 
-def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int,
+def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int, device: str = "cpu",
+          dataloader_workers: int = 0, amp: bool = False, amp_checked: str | None = None,
           callbacks: dict[str, Callable] | None = None, verbose: bool = False) -> TrainResult:
-    """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)."""
+    """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)
+    on `device` ("cpu", "cuda:1", "mps"). `amp` applies on CUDA only, with the
+    verdict of `amp_check` (`failed` turns it off), checked here when not given."""
     import torch
     from ultralytics import YOLO
 
@@ -56,21 +109,39 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         yolo.add_callback(event, interrupts.check)
     for event, fn in (callbacks or {}).items():
         yolo.add_callback(event, fn)
-    yolo.train(
-        data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
-        optimizer=run.optimizer, deterministic=True, device="cpu", workers=0, amp=False, plots=True,
-        project=str(project), name=run.id, exist_ok=True, verbose=verbose)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        if amp and amp_checked is None:
+            amp_checked = amp_check(device)
+    with _amp_verdict(not (amp_checked or "").startswith("failed")):
+        yolo.train(
+            data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
+            optimizer=run.optimizer, deterministic=True, device=device, workers=dataloader_workers,
+            amp=amp and cuda, plots=True, project=str(project), name=run.id, exist_ok=True, verbose=verbose)
     trainer = yolo.trainer
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
-    return TrainResult(Path(trainer.save_dir), Path(trainer.best), Path(trainer.last), metrics)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return TrainResult(Path(trainer.save_dir), Path(trainer.best), Path(trainer.last), metrics,
+                       amp=bool(trainer.amp), peak_gpu_memory_mb=peak)
 
 
-def evaluate(weights: Path, *, data: Path, imgsz: int, split: str, project: Path, name: str) -> dict[str, float]:
-    """mAP of `weights` on one split of `data` (e.g. the held-out test split)."""
+def evaluation_device() -> str:
+    """Where weights are evaluated when nobody says: the first GPU if torch sees one."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate(weights: Path, *, data: Path, imgsz: int, split: str, project: Path, name: str,
+             device: str | None = None) -> dict[str, float]:
+    """mAP of `weights` on one split of `data` (e.g. the held-out test split), on
+    `device` (default: `evaluation_device()`). ultralytics loads every checkpoint
+    onto the CPU first, so weights trained on a GPU evaluate anywhere."""
     from ultralytics import YOLO
 
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
-    metrics = YOLO(str(weights)).val(data=str(data), split=split, imgsz=imgsz, batch=8, device="cpu",
-                                     workers=0, plots=False, project=str(project), name=name,
-                                     exist_ok=True, verbose=False)
+    metrics = YOLO(str(weights)).val(data=str(data), split=split, imgsz=imgsz, batch=8,
+                                     device=device or evaluation_device(), workers=0, plots=False,
+                                     project=str(project), name=name, exist_ok=True, verbose=False)
     return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}
