@@ -16,6 +16,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 
 from . import tracking, training
 from .grid import RunConfig
+from .resume import TAG_RESUMED_AT, TAG_TRAIN_DIR
+from .run_key import TAG as TAG_KEY
 from .session_info import SessionInfo
 
 REQUIRED_ARTIFACTS = ("results.csv", "args.yaml", "plots/results.png", "plots/confusion_matrix.png",
@@ -30,19 +32,22 @@ def run_params(config: RunConfig, info: SessionInfo) -> dict[str, str]:
             **{f"version.{k}": v for k, v in tracking.versions().items()}}
 
 
-def run_tags(config: RunConfig, info: SessionInfo) -> dict[str, str]:
+def run_tags(config: RunConfig, info: SessionInfo, key: str | None = None) -> dict[str, str]:
     tags = {tracking.TAG_SESSION: info.session_id, tracking.TAG_KIND: "grid", tracking.TAG_TEST: config.id,
             "suite.config": config.config_id, "suite.stack": info.stack_kind, MLFLOW_PARENT_RUN_ID: info.parent_run_id,
             "pretrained": str(info.pretrained).lower(), "dataset.dirty": str(info.dataset_dirty).lower()}
     if info.git_commit:
         tags["mlflow.source.git.commit"] = info.git_commit
+    if key:  # what reuse and resume look runs up by (see run_key, resume)
+        tags[TAG_KEY] = key
+        tags[TAG_TRAIN_DIR] = str(Path(info.workdir) / config.id)
     return tags
 
 
-def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo) -> str:
+def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo, key: str | None = None) -> str:
     """The run of one test, created before its training starts wherever it trains,
     with its params and dataset input; returns its id."""
-    run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info)).info.run_id
+    run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info, key)).info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(config, info).items()])
         if info.dataset_md5:
@@ -72,6 +77,7 @@ class TrainRequest:
     config: RunConfig
     info: SessionInfo
     threads: int
+    resume: str | None = None  # a last.pt to continue from, into the same run (see resume)
 
 
 def train_into_run(request: TrainRequest) -> None:
@@ -83,7 +89,10 @@ def train_into_run(request: TrainRequest) -> None:
     try:
         logger = tracking.EpochLogger(client, run_id)
         result = training.train(request.config, data=Path(info.data), model=info.model_used,
-                                project=Path(info.workdir), threads=request.threads, callbacks=logger.callbacks)
+                                project=Path(info.workdir), threads=request.threads, callbacks=logger.callbacks,
+                                resume=Path(request.resume) if request.resume else None)
+        if request.resume:  # the epoch ultralytics continued at, as its trainer says
+            client.set_tag(run_id, TAG_RESUMED_AT, str(result.start_epoch + 1))
         tracking.log_results(client, run_id, result)
     except KeyboardInterrupt:
         client.set_tag(run_id, tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")
@@ -105,14 +114,15 @@ def example_image(data_yaml: Path) -> Path:
     return min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
 
-def check_run(client: MlflowClient, run_id: str, epochs: int) -> list[str]:
-    """What a finished experiment must show, read back from the server; [] if complete."""
+def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[str]:
+    """What a finished experiment must show, read back from the server; [] if complete.
+    `run`: the run as just read (a search result), saving one call."""
     problems = []
     history = client.get_metric_history(run_id, "mAP50-95")
     steps = sorted(m.step for m in history)
     if steps != list(range(1, epochs + 1)):
         problems.append(f"mAP50-95 logged at epochs {steps}, expected 1..{epochs}")
-    run = client.get_run(run_id)
+    run = run or client.get_run(run_id)
     if run.info.status != "FINISHED":
         problems.append(f"status {run.info.status}, expected FINISHED")
     metrics = run.data.metrics

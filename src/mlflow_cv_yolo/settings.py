@@ -65,6 +65,8 @@ class Settings:
     reports_dir: Path
     runs_dir: Path
     images: dict[str, str | None] = field(default_factory=dict)
+    rerun: bool = False   # train even where a finished run with the same key exists (see reuse)
+    resume: bool = True   # continue an interrupted run with the same key (see resume)
 
     def load_grid(self) -> list[RunConfig]:
         """The whole grid (before -k): read only when the experiment tests are collected."""
@@ -91,4 +93,5 @@ def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: C
         promote=not options["no_promote"], require_pretrained=options["require_pretrained"],
         allow_dirty_data=options["allow_dirty_data"], reports_dir=absolute(options["reports_dir"], cwd),
         runs_dir=absolute(options["runs_dir"], cwd),
-        images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")})
+        images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")},
+        rerun=bool(options.get("rerun")), resume=not options.get("no_resume"))

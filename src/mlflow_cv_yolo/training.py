@@ -24,6 +24,7 @@ class TrainResult:
     last: Path
     # Metrics of best.pt on the val split, ultralytics' names (e.g. "metrics/mAP50-95(B)").
     best_metrics: dict[str, float]
+    start_epoch: int = 0  # the first epoch trained (0-based): > 0 when resumed
 
 
 def _drop_integrations(trainer) -> None:
@@ -37,8 +38,10 @@ def _drop_integrations(trainer) -> None:
 
 
 def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int,
-          callbacks: dict[str, Callable] | None = None, verbose: bool = False) -> TrainResult:
-    """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)."""
+          callbacks: dict[str, Callable] | None = None, verbose: bool = False,
+          resume: Path | None = None) -> TrainResult:
+    """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch),
+    or continue it from `resume` (an interrupted training's last.pt, in its own folder)."""
     import torch
     from ultralytics import YOLO
 
@@ -50,7 +53,7 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         # ultralytics sets cpu_count-1 threads; under xdist each worker gets its share.
         torch.set_num_threads(threads)
 
-    yolo = YOLO(model)
+    yolo = YOLO(str(resume) if resume else model)
     yolo.add_callback("on_pretrain_routine_start", setup)
     for event in ("on_train_batch_end", "on_val_batch_end"):
         yolo.add_callback(event, interrupts.check)
@@ -59,10 +62,11 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
     yolo.train(
         data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
         optimizer=run.optimizer, deterministic=True, device="cpu", workers=0, amp=False, plots=True,
-        project=str(project), name=run.id, exist_ok=True, verbose=verbose)
+        verbose=verbose, **({"resume": str(resume)} if resume else  # resumed: the checkpoint's own folder
+                            {"project": str(project), "name": run.id, "exist_ok": True}))
     trainer = yolo.trainer
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
-    return TrainResult(Path(trainer.save_dir), Path(trainer.best), Path(trainer.last), metrics)
+    return TrainResult(Path(trainer.save_dir), Path(trainer.best), Path(trainer.last), metrics, trainer.start_epoch)
 
 
 def evaluate(weights: Path, *, data: Path, imgsz: int, split: str, project: Path, name: str) -> dict[str, float]:
