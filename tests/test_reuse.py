@@ -1,7 +1,13 @@
 """Never training the same thing twice, with real sessions on the shared real stack
-(MariaDB + S3 + MLflow server) in an experiment of their own: an unchanged session
-reuses every run, a changed key retrains only its points, --rerun retrains, and a
-session interrupted by a real Ctrl-C is continued by the next one into the same run."""
+(MariaDB + S3 + MLflow server) in an experiment of their own. One chain of sessions of
+a two-point grid (imgsz 96 and 64, 3 epochs), asserted on by the tests below:
+
+1. interrupted by a real Ctrl-C once imgsz96's first epoch is logged;
+2. the same session again: imgsz96 is continued into its run, imgsz64 trained;
+3. the same again: both reused, nothing trained;
+4. `--set imgsz=96,32`: only the 32 point is trained;
+5. `--rerun -k imgsz32`: trained again.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +21,42 @@ from mlflow.tracking import MlflowClient
 
 from helpers import run_suite, session_of, start_suite, wait_for
 
-# One epoch at 64 px from scratch; imgsz varies so that a --set changes some keys only.
-GRID = ("--set", "epochs=1", "--set", "lr0=0.01", "--set", "seed=1", "--set", "batch=8", "--no-promote")
+GRID = ("--set", "epochs=3", "--set", "lr0=0.01", "--set", "seed=1", "--set", "batch=8", "--no-promote")
 
 
 @pytest.fixture(scope="module")
-def reuse_env(local_stack, data_yaml):
+def chain(local_stack, data_yaml, tmp_path_factory):
+    client = MlflowClient(local_stack.tracking_uri)
     experiment = f"reuse-{uuid.uuid4().hex[:6]}"
-    return {"env": {"MLFLOW_TRACKING_URI": local_stack.tracking_uri},
-            "args": ("--data", str(data_yaml), "--experiment", experiment),
-            "client": MlflowClient(local_stack.tracking_uri), "experiment": experiment}
+    env = {"MLFLOW_TRACKING_URI": local_stack.tracking_uri}
+    args = ("--data", str(data_yaml), "--experiment", experiment, *GRID)
 
+    def suite(*more):
+        result = run_suite(*args, *more, env=env, tmp_path=tmp_path_factory.mktemp("session"), reuse=True)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+        return result
 
-def suite(reuse_env, tmp_path, *args):
-    result = run_suite(*reuse_env["args"], *GRID, *args, env=reuse_env["env"], tmp_path=tmp_path, reuse=True)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
-    return result
+    proc = start_suite(*args, "--set", "imgsz=96,64", env=env, tmp_path=tmp_path_factory.mktemp("session"),
+                       reuse=True)
+    experiment_id = wait_for(lambda: client.get_experiment_by_name(experiment), timeout=120, what="the experiment",
+                             proc=proc).experiment_id
+
+    def first_epoch():
+        runs = client.search_runs([experiment_id], "attributes.status = 'RUNNING' and tags.`suite.kind` = 'grid'")
+        return next((r for r in runs if client.get_metric_history(r.info.run_id, "mAP50-95")), None)
+
+    interrupted = wait_for(first_epoch, timeout=300, what="the first epoch logged", proc=proc)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
+    run_id = interrupted.info.run_id
+    before = {"status": client.get_run(run_id).info.status,
+              "steps": [m.step for m in client.get_metric_history(run_id, "mAP50-95")]}
+    started = time.time() * 1000
+    resumed = suite("--set", "imgsz=96,64")
+    return {"client": client, "interrupted": output, "run_id": run_id, "before": before, "started": started,
+            "resumed": resumed, "unchanged": suite("--set", "imgsz=96,64"), "changed": suite("--set", "imgsz=96,32"),
+            "rerun": suite("--set", "imgsz=96,32", "--rerun", "-k", "imgsz32")}
 
 
 def counts(result) -> str:
@@ -38,68 +64,45 @@ def counts(result) -> str:
     return next(line for line in result.stdout.splitlines() if re.match(r"\d+ reused, \d+ trained", line))
 
 
-def run_ids(result) -> dict[str, str]:
-    """test id -> run id, from the summary's table (reused rows) and the session's own runs."""
-    lines = result.stdout.splitlines()
-    return {line.split()[0].rstrip(":"): line.split("/runs/")[1].split("?")[0] for line in lines if ": reused from session " in line}
+def reused(result) -> dict[str, str]:
+    """test id -> run id of the summary's `reused from session` lines."""
+    return {line.split()[0].rstrip(":"): line.split("/runs/")[1].split("?")[0] for line in result.stdout.splitlines()
+            if ": reused from session " in line}
 
 
-def test_an_unchanged_session_reuses_every_run_and_a_changed_key_retrains_only_its_points(reuse_env, tmp_path):
-    first = suite(reuse_env, tmp_path / "first", "--set", "imgsz=64,96")
-    assert counts(first) == "0 reused, 2 trained"
-    trained_in = session_of(first.stdout)
-
-    second = suite(reuse_env, tmp_path / "second", "--set", "imgsz=64,96")
-    assert counts(second) == "2 reused, 0 trained"
-    assert "2 passed" in second.stdout
-    assert f"  imgsz64: reused from session {trained_in} " in second.stdout
-    client = reuse_env["client"]
-    for test_id, run_id in run_ids(second).items():
-        run = client.get_run(run_id)  # the run keeps the session that trained it
-        assert (run.info.status, run.data.tags["suite.session"]) == ("FINISHED", trained_in), test_id
-    report = (tmp_path / "second" / "reports" / session_of(second.stdout) / "report.md").read_text()
-    assert f"[session {trained_in}](" in report
-
-    changed = suite(reuse_env, tmp_path / "changed", "--set", "imgsz=64,128")
-    assert counts(changed) == "1 reused, 1 trained"
-    assert list(run_ids(changed)) == ["imgsz64"]
-
-    rerun = suite(reuse_env, tmp_path / "rerun", "--set", "imgsz=64,128", "--rerun")
-    assert counts(rerun) == "0 reused, 2 trained"
-
-
-def test_an_interrupted_run_is_continued_into_the_same_run_by_the_next_session(reuse_env, tmp_path):
-    client = reuse_env["client"]
-    args = (*reuse_env["args"], *GRID, "--set", "epochs=3", "--set", "imgsz=128")
-    proc = start_suite(*args, env=reuse_env["env"], tmp_path=tmp_path / "first", reuse=True)
-    experiment_id = wait_for(lambda: client.get_experiment_by_name(reuse_env["experiment"]), timeout=120,
-                             what="the experiment", proc=proc).experiment_id
-
-    def first_epoch():
-        runs = client.search_runs([experiment_id], "attributes.status = 'RUNNING' and tags.`suite.kind` = 'grid'")
-        return next((r for r in runs if client.get_metric_history(r.info.run_id, "mAP50-95")), None)
-
-    run = wait_for(first_epoch, timeout=300, what="the first epoch logged", proc=proc)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
-    run_id = run.info.run_id
-    assert client.get_run(run_id).info.status == "KILLED"
-    before = [m.step for m in client.get_metric_history(run_id, "mAP50-95")]
-    assert before == [1]
-
-    started = time.time() * 1000
-    second = suite(reuse_env, tmp_path / "second", "--set", "epochs=3", "--set", "imgsz=128")
-    assert counts(second) == "0 reused, 1 trained (1 resumed)"
+def test_an_interrupted_run_is_continued_into_the_same_run_by_the_next_session(chain):
+    client, run_id = chain["client"], chain["run_id"]
+    assert chain["before"] == {"status": "KILLED", "steps": [1]}
+    assert counts(chain["resumed"]) == "0 reused, 2 trained (1 resumed)"
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags.get(k) for k in ("resumed", "suite.resumed_at_epoch", "suite.session",
                                                "suite.resumed_from_session", "suite.end_reason")} == {
-        "resumed": "true", "suite.resumed_at_epoch": "2", "suite.session": session_of(second.stdout),
-        "suite.resumed_from_session": session_of(output), "suite.end_reason": None}
+        "resumed": "true", "suite.resumed_at_epoch": "2", "suite.session": session_of(chain["resumed"].stdout),
+        "suite.resumed_from_session": session_of(chain["interrupted"]), "suite.end_reason": None}
     for metric in ("mAP50-95", "train/box_loss", "lr/pg0"):
-        history = client.get_metric_history(run_id, metric)
-        assert sorted(m.step for m in history) == [1, 2, 3], metric
+        assert sorted(m.step for m in client.get_metric_history(run_id, metric)) == [1, 2, 3], metric
     # Epoch 1 was trained by the interrupted session only; the next one trained 2 and 3.
     when = {m.step: m.timestamp for m in client.get_metric_history(run_id, "mAP50-95")}
-    assert when[1] < started < when[2] < when[3]
+    assert when[1] < chain["started"] < when[2] < when[3]
+
+
+def test_an_unchanged_session_reuses_every_run(chain):
+    unchanged, trained_in = chain["unchanged"], session_of(chain["resumed"].stdout)
+    assert counts(unchanged) == "2 reused, 0 trained"
+    assert "2 passed" in unchanged.stdout
+    runs = reused(unchanged)
+    assert sorted(runs) == ["imgsz64", "imgsz96"] and runs["imgsz96"] == chain["run_id"]
+    for test_id, run_id in runs.items():  # each run keeps the session that trained it
+        run = chain["client"].get_run(run_id)
+        assert (run.info.status, run.data.tags["suite.session"]) == ("FINISHED", trained_in), test_id
+    report = (unchanged.stdout.split("report: ", 1)[1].split()[0]).replace("report.html", "report.md")
+    with open(report) as f:
+        assert f.read().count(f"[session {trained_in}](") == 2
+
+
+def test_a_changed_key_retrains_only_its_points_and_rerun_retrains(chain):
+    assert counts(chain["changed"]) == "1 reused, 1 trained"
+    assert list(reused(chain["changed"])) == ["imgsz96"]
+    assert counts(chain["rerun"]) == "0 reused, 1 trained"
+    assert reused(chain["rerun"]) == {}
