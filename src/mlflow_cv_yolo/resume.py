@@ -23,7 +23,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from . import tracking
-from .run_key import TAG as TAG_KEY
 from .session_info import SessionInfo
 
 TAG_RESUMED = "resumed"
@@ -72,10 +71,10 @@ def _checkpoint(client: MlflowClient, run, workdir: Path) -> Path | None:
         return None
 
 
-def find(client: MlflowClient, experiment_id: str, key: str, *, epochs: int, workdir: Path) -> Interrupted | None:
-    """The newest interrupted run with `key` whose checkpoint can continue to `epochs`."""
-    query = f"tags.`{TAG_KEY}` = '{key}' and tags.`{tracking.TAG_KIND}` = 'grid'"
-    for run in client.search_runs([experiment_id], query, max_results=20, order_by=["attributes.start_time DESC"]):
+def find(client: MlflowClient, runs: list, *, epochs: int, workdir: Path) -> Interrupted | None:
+    """The newest interrupted run of `runs` (those with the key, newest first) whose
+    checkpoint can continue to `epochs`."""
+    for run in runs:
         if not _interrupted(run):
             continue
         last = _checkpoint(client, run, workdir)

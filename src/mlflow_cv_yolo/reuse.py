@@ -37,12 +37,17 @@ def key_of(config: RunConfig, info: SessionInfo, device: str | None) -> str:
                    dataset_md5=None if info.dataset_dirty else info.dataset_md5, device=device)
 
 
-def find_finished(client: MlflowClient, experiment_id: str, key: str, *, epochs: int):
-    """The newest FINISHED run with `key` that still passes `check_run`, or None."""
-    query = (f"tags.`{TAG_KEY}` = '{key}' and tags.`{tracking.TAG_KIND}` = 'grid' "
-             "and attributes.status = 'FINISHED'")
-    for run in client.search_runs([experiment_id], query, max_results=20, order_by=["attributes.start_time DESC"]):
-        if experiment.check_run(client, run.info.run_id, epochs, run=run) == []:
+def runs_with_key(client: MlflowClient, experiment_id: str, key: str) -> list:
+    """The experiment's grid runs with `key`, newest first: one query serves both
+    the finished runs (reuse) and the interrupted ones (resume)."""
+    query = f"tags.`{TAG_KEY}` = '{key}' and tags.`{tracking.TAG_KIND}` = 'grid'"
+    return list(client.search_runs([experiment_id], query, max_results=50, order_by=["attributes.start_time DESC"]))
+
+
+def find_finished(client: MlflowClient, runs: list, *, epochs: int):
+    """The newest FINISHED run that still passes `check_run`, or None."""
+    for run in runs:
+        if run.info.status == "FINISHED" and experiment.check_run(client, run.info.run_id, epochs, run=run) == []:
             return run
     return None
 
@@ -50,12 +55,13 @@ def find_finished(client: MlflowClient, experiment_id: str, key: str, *, epochs:
 def start(client: MlflowClient, config: RunConfig, info: SessionInfo, *, rerun: bool = False,
           resume_runs: bool = True, device: str | None = "cpu") -> Start:
     key = key_of(config, info, device)
+    runs = runs_with_key(client, info.experiment_id, key) if not rerun or resume_runs else []
     if not rerun:
-        run = find_finished(client, info.experiment_id, key, epochs=config.epochs)
+        run = find_finished(client, runs, epochs=config.epochs)
         if run is not None:
             return Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
     if resume_runs:
-        found = resume.find(client, info.experiment_id, key, epochs=config.epochs, workdir=Path(info.workdir))
+        found = resume.find(client, runs, epochs=config.epochs, workdir=Path(info.workdir))
         if found is not None:
             resume.reopen(client, found, info)
             return Start(found.run_id, RESUMED, key, found.session, found.checkpoint)

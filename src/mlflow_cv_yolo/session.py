@@ -235,11 +235,13 @@ class Session:
         self.stack_failure = message
         interrupts.interrupt_main("the tracking stack failed")
 
-    def links(self) -> dict[str, str]:
-        """Where to look in MLflow's UI: this session's runs, best first, and its parent run."""
+    def links(self, runs: list[ranking.RunRecord] = ()) -> dict[str, str]:
+        """Where to look in MLflow's UI: this session's runs, best first (by id when some
+        are reused: those carry their own session's tag), and its parent run."""
         info = self.info
-        return {"runs": tracking.runs_view_url(info.tracking_uri, info.experiment_id,
-                                               search=f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'",
+        search = (f"attributes.run_id IN ({', '.join(repr(r.run_id) for r in runs)})"
+                  if any(r.reused_from for r in runs) else f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'")
+        return {"runs": tracking.runs_view_url(info.tracking_uri, info.experiment_id, search=search,
                                                order_by=f"metrics.`{ranking.METRIC}`"),
                 "session run": tracking.run_url(info.tracking_uri, info.experiment_id, info.parent_run_id)}
 
@@ -357,7 +359,7 @@ class Session:
             client.log_artifact(info.parent_run_id, str(path), "report")
         client.set_terminated(info.parent_run_id, "KILLED" if interrupted else
                               "FAILED" if decision.blocks_the_gate else "FINISHED")
-        return Conclusion(decision, files.html, md, self.links(), counts=self._counts(), reused=tuple(
+        return Conclusion(decision, files.html, md, self.links(runs), counts=self._counts(), reused=tuple(
             (r.name, r.reused_from, tracking.run_url(info.tracking_uri, info.experiment_id, r.run_id))
             for r in runs if r.reused_from))
 
