@@ -55,46 +55,73 @@ def startup(providers: list[str]) -> dict:
 
 
 def overhead(epochs: int, imgsz: int, data: Path) -> dict:
-    """Times every tracking call of real runs against their training time: the first
-    run of a process (pays MLflow's one-time imports and connections) and a second one."""
-    from mlflow.entities import Param
+    """Times every tracking call of real runs against their training time, along the
+    path a test takes (reuse lookup and run opening, per-epoch logging, results and
+    files, the end, the test's check of what the server recorded): the first run of a
+    process (pays the one-time imports and connections) and a second one. Every
+    MlflowClient call counts, nested ones once."""
+    import yaml
     from mlflow.tracking import MlflowClient
 
-    from mlflow_cv_yolo import tracking, training
+    from mlflow_cv_yolo import experiment, reuse, tracking
     from mlflow_cv_yolo.grid import RunConfig
+    from mlflow_cv_yolo.session_info import SessionInfo
     from mlflow_cv_yolo.stack.local import LocalStack
 
-    spent = {"tracking": 0.0}
-    out: dict = {"epochs": epochs, "imgsz": imgsz}
+    spent = {"tracking": 0.0, "calls": 0}
+    depth = [0]
 
     def timed(fn):
         def wrapper(*args, **kwargs):
+            if depth[0]:
+                return fn(*args, **kwargs)
+            depth[0] += 1
+            spent["calls"] += 1
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                depth[0] -= 1
                 spent["tracking"] += time.perf_counter() - start
         return wrapper
 
-    config = RunConfig("bench", {"model": "yolov8n.yaml", "optimizer": "SGD", "epochs": epochs, "batch": 8,
-                                 "imgsz": imgsz, "lr0": 0.01, "seed": 1}, "bench")
-    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), log=lambda _: None) as info:
-        client = MlflowClient(info.tracking_uri)
+    for name, fn in list(vars(MlflowClient).items()):
+        if callable(fn) and not name.startswith("_"):
+            setattr(MlflowClient, name, timed(fn))
+    reuse.start = timed(reuse.start)  # the key, the lookup, the run's opening
+    tracking.log_results = timed(tracking.log_results)
+    experiment.check_run = timed(experiment.check_run)
+
+    # The default dataset's digest as the session finds it (from dvc.lock, without importing DVC here:
+    # a worker imports it only for the dataset input).
+    md5 = None
+    if data.resolve() == (REPO / "data" / "tiny_coco.yaml").resolve():
+        lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+        md5 = next(o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])
+                   if o["path"].rstrip("/") == "data/tiny_coco")
+    out: dict = {"epochs": epochs, "imgsz": imgsz, "data": str(data)}
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack", log=lambda _: None) as stack:
+        client = MlflowClient(stack.tracking_uri)
         experiment_id = client.create_experiment("bench")
-        for which in ("first", "second"):
-            spent["tracking"] = 0.0
-            run_id = timed(client.create_run)(experiment_id, run_name=which).info.run_id
-            timed(client.log_batch)(run_id, params=[Param(k, str(v)) for k, v in config.values.items()])
-            logger = tracking.EpochLogger(client, run_id)
-            callbacks = {k: timed(v) for k, v in logger.callbacks.items()}
+        parent = client.create_run(experiment_id, run_name="session").info.run_id
+        info = SessionInfo(session_id="bench", experiment="bench", experiment_id=experiment_id,
+                           tracking_uri=stack.tracking_uri, stack_kind="local", data=str(data),
+                           model_requested="yolov8n.pt", model_used="yolov8n.yaml", pretrained=False, model_note="",
+                           workdir=str(Path(tmp) / "runs"), parent_run_id=parent, dataset_md5=md5,
+                           dataset_source="bench" if md5 else None)
+        if md5:
+            experiment.log_dataset(client, parent, info)
+        for which, seed in (("first", 1), ("second", 2)):
+            config = RunConfig(f"bench-{which}", {"model": "yolov8n.pt", "optimizer": "SGD", "epochs": epochs,
+                                                  "batch": 8, "imgsz": imgsz, "lr0": 0.01, "seed": seed}, "bench")
+            spent.update(tracking=0.0, calls=0)
             start = time.perf_counter()
-            result = training.train(config, data=data, model="yolov8n.yaml", project=Path(tmp) / which,
-                                    threads=os.cpu_count() or 1, callbacks=callbacks)
+            opened = reuse.start(client, config, info)
+            experiment.train_into_run(experiment.TrainRequest(opened.run_id, config, info, os.cpu_count() or 1))
+            assert experiment.check_run(client, opened.run_id, epochs) == []
             train_s = time.perf_counter() - start - spent["tracking"]
-            timed(tracking.log_results)(client, run_id, result)
-            timed(client.set_terminated)(run_id, "FINISHED")
             out[which] = {"train_s": round(train_s, 1), "tracking_s": round(spent["tracking"], 2),
-                          "overhead_ratio": round(spent["tracking"] / train_s, 4)}
+                          "calls": spent["calls"], "overhead_ratio": round(spent["tracking"] / train_s, 4)}
             print(which, out[which], flush=True)
     return out
 
@@ -107,7 +134,8 @@ def grid(extra: list[str], workers: int) -> dict:
     ids = [line.split("[", 1)[1].rstrip("]") for line in collected.splitlines() if "::test_grid[" in line]
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack", log=lambda _: None) as info:
         env = _env(MLFLOW_TRACKING_URI=info.tracking_uri)
-        common = ["--stack", "external", "--no-promote", "--reports-dir", tmp, "--runs-dir", tmp, *extra]
+        # --rerun: the loop would otherwise reuse the runs the parallel session trained.
+        common = ["--stack", "external", "--no-promote", "--rerun", "--reports-dir", tmp, "--runs-dir", tmp, *extra]
         start = time.monotonic()
         subprocess.run(_pytest("-n", str(workers), *common), cwd=REPO, env=env, check=True, capture_output=True)
         parallel = time.monotonic() - start

@@ -15,11 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = ("--set", "epochs=1", "--set", "imgsz=64", "--set", "lr0=0.01", "--set", "seed=1", "--set", "batch=8")
 
 
-def suite_command(*args: str, tmp_path: Path) -> list[str]:
+# Sessions on a shared stack would otherwise reuse (or continue) the runs of earlier
+# tests: a test trains what it asks for unless it is about reuse (tests/test_reuse.py).
+FRESH = ("--rerun", "--no-resume")
+
+
+def suite_command(*args: str, tmp_path: Path, reuse: bool = False) -> list[str]:
     """`python -m pytest experiments ARGS`, as a user runs it, with every folder the
-    session writes moved under tmp_path."""
+    session writes moved under tmp_path; training every run afresh unless `reuse`."""
     command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider",
-               "--reports-dir", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "runs"), *args]
+               "--reports-dir", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "runs"),
+               *(() if reuse else FRESH), *args]
     if not any(a.startswith("--stack-dir") or a == "--fresh-stack" for a in args):
         command += ["--stack-dir", str(tmp_path / "stack")]
     return command
@@ -33,16 +39,17 @@ def suite_env(env: dict | None = None) -> dict[str, str]:
     return full_env
 
 
-def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900,
+              reuse: bool = False) -> subprocess.CompletedProcess:
     """The suite run to completion from the repo root (see suite_command, suite_env)."""
-    return subprocess.run(suite_command(*args, tmp_path=tmp_path), cwd=REPO, env=suite_env(env),
+    return subprocess.run(suite_command(*args, tmp_path=tmp_path, reuse=reuse), cwd=REPO, env=suite_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_suite(*args: str, tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
+def start_suite(*args: str, tmp_path: Path, env: dict | None = None, reuse: bool = False) -> subprocess.Popen:
     """The suite started in the background, its output merged into `stdout`, unbuffered
     (a test waits on its lines as they come)."""
-    return subprocess.Popen(suite_command(*args, tmp_path=tmp_path), cwd=REPO,
+    return subprocess.Popen(suite_command(*args, tmp_path=tmp_path, reuse=reuse), cwd=REPO,
                             env=suite_env({"PYTHONUNBUFFERED": "1", **(env or {})}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

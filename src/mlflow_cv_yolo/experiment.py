@@ -17,6 +17,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 from . import tracking, training
 from .devices import Placement, slot
 from .grid import RunConfig
+from .resume import TAG_RESUMED_AT, TAG_TRAIN_DIR
+from .run_key import TAG as TAG_KEY
 from .session_info import SessionInfo
 
 REQUIRED_ARTIFACTS = ("results.csv", "args.yaml", "plots/results.png", "plots/confusion_matrix.png",
@@ -31,19 +33,22 @@ def run_params(config: RunConfig, info: SessionInfo) -> dict[str, str]:
             **{f"version.{k}": v for k, v in tracking.versions().items()}}
 
 
-def run_tags(config: RunConfig, info: SessionInfo) -> dict[str, str]:
+def run_tags(config: RunConfig, info: SessionInfo, key: str | None = None) -> dict[str, str]:
     tags = {tracking.TAG_SESSION: info.session_id, tracking.TAG_KIND: "grid", tracking.TAG_TEST: config.id,
             "suite.config": config.config_id, "suite.stack": info.stack_kind, MLFLOW_PARENT_RUN_ID: info.parent_run_id,
             "pretrained": str(info.pretrained).lower(), "dataset.dirty": str(info.dataset_dirty).lower()}
     if info.git_commit:
         tags["mlflow.source.git.commit"] = info.git_commit
+    if key:  # what reuse and resume look runs up by (see run_key, resume)
+        tags[TAG_KEY] = key
+        tags[TAG_TRAIN_DIR] = str(Path(info.workdir) / config.id)
     return tags
 
 
-def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo) -> str:
+def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo, key: str | None = None) -> str:
     """The run of one test, created before its training starts wherever it trains,
     with its params and dataset input; returns its id."""
-    run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info)).info.run_id
+    run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info, key)).info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(config, info).items()])
         if info.dataset_md5:
@@ -73,6 +78,7 @@ class TrainRequest:
     config: RunConfig
     info: SessionInfo
     placement: Placement
+    resume: str | None = None  # a last.pt to continue from, into the same run (see resume)
 
 
 def slots_folder(info: SessionInfo) -> Path:
@@ -89,14 +95,18 @@ def train_into_run(request: TrainRequest) -> None:
     try:
         logger = tracking.EpochLogger(client, run_id)
         amp = bool(request.config.values.get("amp", True)) and place.kind == "cuda"
-        client.log_param(run_id, "device", place.label)
+        if not request.resume:  # a continued run keeps the device it was opened with
+            client.log_param(run_id, "device", place.label)
         if place.kind == "cuda":
             client.set_tag(run_id, "amp.check", info.amp_check)
         with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
             result = training.train(request.config, data=Path(info.data), model=info.model_used,
                                     project=Path(info.workdir), threads=place.threads, device=place.device,
                                     dataloader_workers=place.dataloader_workers, amp=amp,
-                                    amp_checked=info.amp_check, callbacks=logger.callbacks)
+                                    amp_checked=info.amp_check, callbacks=logger.callbacks,
+                                    resume=Path(request.resume) if request.resume else None)
+        if request.resume:  # the epoch ultralytics continued at, as its trainer says
+            client.set_tag(run_id, TAG_RESUMED_AT, str(result.start_epoch + 1))
         client.set_tag(run_id, "amp", str(result.amp).lower())
         if result.peak_gpu_memory_mb is not None:
             client.log_metric(run_id, "peak_gpu_memory_MiB", result.peak_gpu_memory_mb)
@@ -121,14 +131,15 @@ def example_image(data_yaml: Path) -> Path:
     return min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
 
-def check_run(client: MlflowClient, run_id: str, epochs: int) -> list[str]:
-    """What a finished experiment must show, read back from the server; [] if complete."""
+def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[str]:
+    """What a finished experiment must show, read back from the server; [] if complete.
+    `run`: the run as just read (a search result), saving one call."""
     problems = []
     history = client.get_metric_history(run_id, "mAP50-95")
     steps = sorted(m.step for m in history)
     if steps != list(range(1, epochs + 1)):
         problems.append(f"mAP50-95 logged at epochs {steps}, expected 1..{epochs}")
-    run = client.get_run(run_id)
+    run = run or client.get_run(run_id)
     if run.info.status != "FINISHED":
         problems.append(f"status {run.info.status}, expected FINISHED")
     metrics = run.data.metrics

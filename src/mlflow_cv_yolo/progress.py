@@ -51,9 +51,9 @@ def summary(state: dict[str, str]) -> str:
     """`3 finished, 1 failed, 2 queued | imgsz320-lr0.01-seed1 epoch 2/3 mAP 0.012 | ...`"""
     counts = {}
     for value in state.values():
-        key = value if value in ("finished", "failed", "queued") else "training"
+        key = value if value in ("finished", "reused", "failed", "queued") else "training"
         counts[key] = counts.get(key, 0) + 1
-    head = ", ".join(f"{counts[k]} {k}" for k in ("finished", "failed", "training", "queued") if counts.get(k))
+    head = ", ".join(f"{counts[k]} {k}" for k in ("finished", "reused", "failed", "training", "queued") if counts.get(k))
     busy = [f"{test} {value}" for test, value in state.items() if value.startswith("epoch")]
     return " | ".join([head, *busy])
 

@@ -82,6 +82,7 @@ class Decision:
     scope: str = ""              # "partial grid: 2 of 8 configurations" for a -k slice
     candidate: str | None = None
     candidate_run_id: str | None = None
+    candidate_reused_from: str | None = None  # the earlier session that trained the candidate (see reuse)
     criteria: tuple[Criterion, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
@@ -112,6 +113,10 @@ class Decision:
             lines += [f"Scope: {self.scope}.", ""]
         if self.candidate:
             lines += [f"Candidate: `{self.candidate}` (run `{self.candidate_run_id}`)", ""]
+            if self.candidate_reused_from:
+                lines += [f"The candidate's run was reused from session {self.candidate_reused_from}: trained "
+                          "there with the same run key (arguments, weights, data, code, libraries, device), "
+                          "not retrained by this session; this session evaluated it on test and decided.", ""]
             if self.version:
                 lines += [f"Registered as `{self.registered_model}` version {self.version}, alias `{self.alias}`.", ""]
         if self.dataset_digest:
@@ -224,6 +229,7 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
         # A reused run that already holds production: nothing new to judge or register.
         return Decision("kept", f"{candidate.name} is {registered_model} v{champion.version} @production already: "
                                 "nothing registered", candidate=candidate.name, candidate_run_id=candidate.run_id,
+                        candidate_reused_from=candidate.reused_from,
                         criteria=tuple(checks), metrics=metrics, params=dict(candidate.params), **base)
     if champion is None:
         checks.append(Criterion("improvement over champion", criteria.min_improvement, None, True,
@@ -256,6 +262,7 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
     if not pretrained:
         reason += f" [weights: {weights_note}]"
     return Decision(outcome, reason, candidate=candidate.name, candidate_run_id=candidate.run_id,
+                    candidate_reused_from=candidate.reused_from,
                     criteria=tuple(checks), metrics=metrics, params=dict(candidate.params),
                     champion=champion_record, **base)
 

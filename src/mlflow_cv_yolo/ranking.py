@@ -27,6 +27,7 @@ class RunRecord:
     start_time: int  # ms since epoch
     params: dict[str, str]
     metrics: dict[str, float]  # latest value of each metric
+    reused_from: str | None = None  # the session that trained it, when this session reused it
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def runs_table(
     ranked = sorted((r for r in runs if _is_ranked(r, metric)), key=lambda r: _run_key(r, metric, tiebreak))
     unranked = sorted((r for r in runs if not _is_ranked(r, metric)), key=lambda r: r.start_time)
     with_test = any("test/mAP50-95" in r.metrics for r in runs)
+    reused = any(r.reused_from for r in runs)
     rows = []
     for run in ranked + unranked:
         row: dict[str, Any] = {"run": run.run_id, "name": run.name, "status": run.status}
@@ -225,5 +227,7 @@ def runs_table(
         row.update({m: run.metrics.get(f"best/{m}") for m in TABLE_METRICS})
         if with_test:
             row["test/mAP50-95"] = run.metrics.get("test/mAP50-95")
+        if reused:
+            row["reused from"] = f"session {run.reused_from}" if run.reused_from else None
         rows.append(row)
     return rows

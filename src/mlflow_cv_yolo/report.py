@@ -180,7 +180,9 @@ def _blocks(session_id: str, runs: list[RunRecord], decision: dict[str, Any],
 
     rows = runs_table(runs)
     headers = [h for h in rows[0] if h != "name"] if rows else ["run"]
+    # A reused run's row says which session trained it, linked to the run.
     table = Table(headers, [[Link(row["name"], run_url(by_id[row["run"]])) if h == "run"
+                             else Link(row[h], run_url(by_id[row["run"]])) if h == "reused from" and row[h]
                              else _fmt(row[h]) for h in headers] for row in rows])
     ranking = rank_configs(runs)
     label = METRIC.removeprefix("best/")

@@ -59,6 +59,8 @@ class Conclusion:
     report: Path | None = None
     record: Path | None = None
     links: dict[str, str] = field(default_factory=dict)  # name -> MLflow UI URL
+    counts: str = ""  # "6 reused, 2 trained (1 resumed)"
+    reused: tuple[tuple[str, str, str], ...] = ()  # (test id, the session that trained it, its run's URL)
     error: str | None = None          # the conclusion itself crashed (a traceback)
     stack_failure: str | None = None  # the stack died mid-session and could not be restarted
 
@@ -74,6 +76,8 @@ class Conclusion:
 class _Test:
     phases: dict[str, str] = field(default_factory=dict)  # "setup"/"call"/"teardown"/"???" -> outcome
     run_id: str | None = None
+    reused_from: str | None = None   # its run is a FINISHED run of that session (see reuse)
+    resumed_from: str | None = None  # its run continued one that session left unfinished
 
     @property
     def passed(self) -> bool:
@@ -249,11 +253,13 @@ class Session:
         self.stack_failure = message
         interrupts.interrupt_main("the tracking stack failed")
 
-    def links(self) -> dict[str, str]:
-        """Where to look in MLflow's UI: this session's runs, best first, and its parent run."""
+    def links(self, runs: list[ranking.RunRecord] = ()) -> dict[str, str]:
+        """Where to look in MLflow's UI: this session's runs, best first (by id when some
+        are reused: those carry their own session's tag), and its parent run."""
         info = self.info
-        return {"runs": tracking.runs_view_url(info.tracking_uri, info.experiment_id,
-                                               search=f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'",
+        search = (f"attributes.run_id IN ({', '.join(repr(r.run_id) for r in runs)})"
+                  if any(r.reused_from for r in runs) else f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'")
+        return {"runs": tracking.runs_view_url(info.tracking_uri, info.experiment_id, search=search,
                                                order_by=f"metrics.`{ranking.METRIC}`"),
                 "session run": tracking.run_url(info.tracking_uri, info.experiment_id, info.parent_run_id)}
 
@@ -285,17 +291,22 @@ class Session:
     def run_states(self) -> dict[str, str]:
         """Each selected test's state in words (queued, epoch k/N mAP x, finished, failed)."""
         epochs = {config.id: config.epochs for config in self.grid}
-        return progress.states(MlflowClient(self.info.tracking_uri), self.info.experiment_id, self.session_id,
-                               self.selected, epochs)
+        states = progress.states(MlflowClient(self.info.tracking_uri), self.info.experiment_id, self.session_id,
+                                 self.selected, epochs)
+        return {test: "reused" if test in self.tests and self.tests[test].reused_from else state
+                for test, state in states.items()}
 
     def record(self, test_id: str, *, phase: str, outcome: str, run_id: str | None = None,
-               crash: str | None = None) -> None:
+               crash: str | None = None, reused_from: str | None = None, resumed_from: str | None = None) -> None:
         """One report of one test. A crashed worker's test ("???" phase) and a test that
-        failed after its run FINISHED must not leave that run looking usable."""
+        failed after its run FINISHED must not leave that run looking usable (a reused
+        run is another session's result, and stays as it is)."""
         test = self.tests.setdefault(test_id, _Test())
         test.phases[phase] = outcome
         test.run_id = run_id or test.run_id
-        if outcome != "failed" or self.info is None:
+        test.reused_from = reused_from or test.reused_from
+        test.resumed_from = resumed_from or test.resumed_from
+        if outcome != "failed" or self.info is None or test.reused_from:
             return
         client = MlflowClient(self.info.tracking_uri)
         if crash is not None:
@@ -333,7 +344,7 @@ class Session:
                   else "still RUNNING when its session ended (its test never reported)")
         tracking.end_running(client, info.experiment_id, info.session_id, status="KILLED" if interrupted else "FAILED",
                              reason=reason, kinds=("grid",))
-        runs = tracking.session_runs(client, info.experiment_id, info.session_id)
+        runs = self._runs(client)
         if not runs and not self.selected:
             client.set_terminated(info.parent_run_id, "KILLED" if interrupted else "FINISHED")
             return Conclusion()
@@ -351,23 +362,46 @@ class Session:
                                              alias=s.promote_to, tags={
                                                  "promoted_by.session": info.session_id,
                                                  "promoted_by.git_commit": info.git_commit or "",
+                                                 **({"trained_by.session": decision.candidate_reused_from}
+                                                    if decision.candidate_reused_from else {}),
                                                  "pretrained": str(info.pretrained).lower()}, data=Path(info.data))
-            runs = tracking.session_runs(client, info.experiment_id, info.session_id)  # with test/ metrics now
+            runs = self._runs(client)  # with test/ metrics now
         folder = s.reports_dir / info.session_id
         md, js = decision.write(folder)
         files = report.write_report(folder, session_id=info.session_id, runs=runs,
                                     histories=tracking.histories(client, runs, CURVES), decision=decision.to_dict(),
                                     run_url=lambda run: tracking.run_url(info.tracking_uri, info.experiment_id,
                                                                          run.run_id))
+        # A reused candidate keeps the record of the session that trained it: this one's goes beside it.
+        candidate_folder = f"decision/{info.session_id}" if decision.candidate_reused_from else "decision"
         for path in (md, js):
             client.log_artifact(info.parent_run_id, str(path), "decision")
             if decision.candidate_run_id:
-                client.log_artifact(decision.candidate_run_id, str(path), "decision")
+                client.log_artifact(decision.candidate_run_id, str(path), candidate_folder)
         for path in (files.html, files.markdown, *files.plots):
             client.log_artifact(info.parent_run_id, str(path), "report")
         client.set_terminated(info.parent_run_id, "KILLED" if interrupted else
                               "FAILED" if decision.blocks_the_gate else "FINISHED")
-        return Conclusion(decision, files.html, md, self.links())
+        return Conclusion(decision, files.html, md, self.links(runs), counts=self._counts(), reused=tuple(
+            (r.name, r.reused_from, tracking.run_url(info.tracking_uri, info.experiment_id, r.run_id))
+            for r in runs if r.reused_from))
+
+    def _runs(self, client: MlflowClient) -> list[ranking.RunRecord]:
+        """The runs this session ranks: its own (by their session tag) and the finished
+        runs of earlier sessions its tests reported as reused (by run id)."""
+        own = tracking.session_runs(client, self.info.experiment_id, self.session_id)
+        seen = {r.run_id for r in own}
+        reused = {t.run_id: t.reused_from for t in self.tests.values()
+                  if t.reused_from and t.run_id and t.run_id not in seen}
+        return own + tracking.reused_runs(client, reused)
+
+    def _counts(self) -> str:
+        """`6 reused, 2 trained (1 resumed)`: what the selected tests did with their runs."""
+        tests = [self.tests[t] for t in self.selected if t in self.tests and self.tests[t].run_id]
+        reused = sum(1 for t in tests if t.reused_from)
+        resumed = sum(1 for t in tests if t.resumed_from and not t.reused_from)
+        text = f"{reused} reused, {len(tests) - reused} trained"
+        return text + (f" ({resumed} resumed)" if resumed else "")
 
     # -- 5. stop ------------------------------------------------------------------------
 

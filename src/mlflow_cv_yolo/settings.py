@@ -67,6 +67,8 @@ class Settings:
     images: dict[str, str | None] = field(default_factory=dict)
     device: str = "auto"  # --device, its syntax checked (devices.parse); the machine is asked at start
     workers: int = 1      # xdist's -n (1 without xdist)
+    rerun: bool = False   # train even where a finished run with the same key exists (see reuse)
+    resume: bool = True   # continue an interrupted run with the same key (see resume)
 
     def load_grid(self) -> list[RunConfig]:
         """The whole grid (before -k): read only when the experiment tests are collected."""
@@ -94,7 +96,8 @@ def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: C
         allow_dirty_data=options["allow_dirty_data"], reports_dir=absolute(options["reports_dir"], cwd),
         runs_dir=absolute(options["runs_dir"], cwd),
         images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")},
-        device=options.get("device") or "auto", workers=_workers(options))
+        device=options.get("device") or "auto", workers=_workers(options),
+        rerun=bool(options.get("rerun")), resume=not options.get("no_resume"))
 
 
 def _workers(options: dict[str, Any]) -> int:

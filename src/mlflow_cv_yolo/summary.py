@@ -42,12 +42,16 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
     decision = conclusion.decision
     if decision is None:
         return
-    columns = COLUMNS + (("test/mAP50-95",) if any("test/mAP50-95" in row for row in decision.table) else ())
+    columns = COLUMNS + tuple(c for c in ("test/mAP50-95", "reused from") if any(c in row for row in decision.table))
     widths = {c: max(len(c), *(len(_cell(row.get(c))) for row in decision.table)) for c in columns}
     yield "  ".join(c.ljust(widths[c]) for c in columns), {}
     for row in decision.table:
         yield "  ".join(_cell(row.get(c)).ljust(widths[c]) for c in columns), {}
     yield "", {}
+    if conclusion.counts:
+        yield conclusion.counts, {}
+    for name, session, url in conclusion.reused:
+        yield f"  {name}: reused from session {session} {url}", {}
     if decision.noise:
         yield f"seed noise: {decision.noise}", {}
     if decision.scope:

@@ -104,11 +104,11 @@ def log_results(client: MlflowClient, run_id: str, result: TrainResult) -> None:
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import ultralytics
+    # From the installed distributions: importing torch and ultralytics only to ask
+    # cost a run most of a second where they were not imported yet.
+    from .run_key import library_versions
 
-    return {"ultralytics": ultralytics.__version__, "torch": torch.__version__.split("+")[0],
-            "mlflow": mlflow.__version__}
+    return {**library_versions(), "mlflow": mlflow.__version__}
 
 
 def log_model(run_id: str, weights: Path, *, example_image: Path, imgsz: int) -> str:
@@ -202,6 +202,15 @@ def _record(run) -> RunRecord:
     return RunRecord(run_id=run.info.run_id, name=run.info.run_name, config_id=run.data.tags.get("suite.config", ""),
                      status=run.info.status, start_time=run.info.start_time, params=dict(run.data.params),
                      metrics=dict(run.data.metrics))
+
+
+def reused_runs(client: MlflowClient, reused: dict[str, str]) -> list[RunRecord]:
+    """Runs of earlier sessions that this one reused (run id -> the session that trained
+    it), as records of this session's ranking; their own tags are left as they are."""
+    import dataclasses
+
+    return [dataclasses.replace(_record(client.get_run(run_id)), reused_from=session)
+            for run_id, session in reused.items()]
 
 
 def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> list[RunRecord]:

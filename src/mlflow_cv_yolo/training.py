@@ -30,6 +30,7 @@ class TrainResult:
     best_metrics: dict[str, float]
     amp: bool = False  # mixed precision, as the trainer used it
     peak_gpu_memory_mb: float | None = None  # torch's peak allocation on the run's CUDA device
+    start_epoch: int = 0  # the first epoch trained (0-based): > 0 when resumed
 
 
 # The weights ultralytics' AMP check loads (and downloads when they are missing).
@@ -88,9 +89,11 @@ def _drop_integrations(trainer) -> None:
 
 def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int, device: str = "cpu",
           dataloader_workers: int = 0, amp: bool = False, amp_checked: str | None = None,
-          callbacks: dict[str, Callable] | None = None, verbose: bool = False) -> TrainResult:
+          callbacks: dict[str, Callable] | None = None, verbose: bool = False,
+          resume: Path | None = None) -> TrainResult:
     """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)
-    on `device` ("cpu", "cuda:1", "mps"). `amp` applies on CUDA only, with the
+    on `device` ("cpu", "cuda:1", "mps"), or continue it from `resume` (an interrupted
+    training's last.pt, in its own folder). `amp` applies on CUDA only, with the
     verdict of `amp_check` (`failed` turns it off), checked here when not given."""
     import torch
     from ultralytics import YOLO
@@ -103,7 +106,7 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         # ultralytics sets cpu_count-1 threads; under xdist each worker gets its share.
         torch.set_num_threads(threads)
 
-    yolo = YOLO(model)
+    yolo = YOLO(str(resume) if resume else model)
     yolo.add_callback("on_pretrain_routine_start", setup)
     for event in ("on_train_batch_end", "on_val_batch_end"):
         yolo.add_callback(event, interrupts.check)
@@ -118,12 +121,14 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         yolo.train(
             data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
             optimizer=run.optimizer, deterministic=True, device=device, workers=dataloader_workers,
-            amp=amp and cuda, plots=True, project=str(project), name=run.id, exist_ok=True, verbose=verbose)
+            amp=amp and cuda, plots=True, verbose=verbose,
+            **({"resume": str(resume)} if resume else  # resumed: the checkpoint's own folder
+               {"project": str(project), "name": run.id, "exist_ok": True}))
     trainer = yolo.trainer
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     return TrainResult(Path(trainer.save_dir), Path(trainer.best), Path(trainer.last), metrics,
-                       amp=bool(trainer.amp), peak_gpu_memory_mb=peak)
+                       amp=bool(trainer.amp), peak_gpu_memory_mb=peak, start_epoch=trainer.start_epoch)
 
 
 def evaluation_device() -> str:

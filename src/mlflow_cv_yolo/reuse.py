@@ -1,0 +1,68 @@
+"""Before a test trains: the run it will be. A FINISHED run of the experiment with
+the same key (see run_key) whose checks still pass is the test's result as it is
+(reused: nothing is trained, and the run keeps the tags of the session that trained
+it); else an interrupted run with the same key is continued (see resume); else a
+new run is opened. `--rerun` skips the first, `--no-resume` the second."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from . import experiment, resume, tracking
+from .grid import RunConfig
+from .run_key import TAG as TAG_KEY
+from .run_key import run_key
+from .session_info import SessionInfo
+
+REUSED = "reused"
+RESUMED = "resumed"
+NEW = "new"
+
+
+@dataclass(frozen=True)
+class Start:
+    run_id: str
+    action: str                       # REUSED, RESUMED or NEW
+    key: str
+    from_session: str | None = None   # the session that trained it (reused) or was interrupted (resumed)
+    checkpoint: Path | None = None    # resumed: the last.pt training continues from
+
+
+def key_of(config: RunConfig, info: SessionInfo, device: str | None) -> str:
+    # Data that differs from dvc.lock is not what the lock's digest names: it is listed instead.
+    return run_key(config.values, model_used=info.model_used, data=Path(info.data),
+                   dataset_md5=None if info.dataset_dirty else info.dataset_md5, device=device)
+
+
+def runs_with_key(client: MlflowClient, experiment_id: str, key: str) -> list:
+    """The experiment's grid runs with `key`, newest first: one query serves both
+    the finished runs (reuse) and the interrupted ones (resume)."""
+    query = f"tags.`{TAG_KEY}` = '{key}' and tags.`{tracking.TAG_KIND}` = 'grid'"
+    return list(client.search_runs([experiment_id], query, max_results=50, order_by=["attributes.start_time DESC"]))
+
+
+def find_finished(client: MlflowClient, runs: list, *, epochs: int):
+    """The newest FINISHED run that still passes `check_run`, or None."""
+    for run in runs:
+        if run.info.status == "FINISHED" and experiment.check_run(client, run.info.run_id, epochs, run=run) == []:
+            return run
+    return None
+
+
+def start(client: MlflowClient, config: RunConfig, info: SessionInfo, *, rerun: bool = False,
+          resume_runs: bool = True, device: str | None = "cpu") -> Start:
+    key = key_of(config, info, device)
+    runs = runs_with_key(client, info.experiment_id, key) if not rerun or resume_runs else []
+    if not rerun:
+        run = find_finished(client, runs, epochs=config.epochs)
+        if run is not None:
+            return Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
+    if resume_runs:
+        found = resume.find(client, runs, epochs=config.epochs, workdir=Path(info.workdir))
+        if found is not None:
+            resume.reopen(client, found, info)
+            return Start(found.run_id, RESUMED, key, found.session, found.checkpoint)
+    return Start(experiment.open_run(client, config, info, key=key), NEW, key)
