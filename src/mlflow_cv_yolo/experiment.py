@@ -74,16 +74,18 @@ class TrainRequest:
     threads: int
 
 
-def train_into_run(request: TrainRequest) -> None:
+def train_into_run(request: TrainRequest, *, data: Path | None = None, device: str = "cpu") -> None:
     """Train and record into an existing run, which ends FINISHED; a crash ends it
     FAILED with its traceback as an artifact, an interruption KILLED saying so; either
-    way the exception propagates."""
+    way the exception propagates. `data`: the dataset yaml where it is on this machine
+    (default: the session's)."""
     info, run_id = request.info, request.run_id
     client = MlflowClient(info.tracking_uri)
     try:
         logger = tracking.EpochLogger(client, run_id)
-        result = training.train(request.config, data=Path(info.data), model=info.model_used,
-                                project=Path(info.workdir), threads=request.threads, callbacks=logger.callbacks)
+        result = training.train(request.config, data=data or Path(info.data), model=info.model_used,
+                                project=Path(info.workdir), threads=request.threads, callbacks=logger.callbacks,
+                                device=device)
         tracking.log_results(client, run_id, result)
     except KeyboardInterrupt:
         client.set_tag(run_id, tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")

@@ -99,6 +99,8 @@ class RunConfig:
     config_id: str
 
     def __getattr__(self, name: str) -> Any:
+        if name == "values":  # not set yet: unpickling (a Ray task's argument) looks for hooks first
+            raise AttributeError(name)
         try:
             return self.values[name]
         except KeyError:

@@ -44,6 +44,9 @@ class SessionInfo:
     dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
     dataset_lock_commit: str | None = None
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
+    # Where runs train (executors.make_executor): {"kind": "local"}, or Ray's address,
+    # resources per run and where nodes find the data.
+    executor: dict = field(default_factory=lambda: {"kind": "local"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

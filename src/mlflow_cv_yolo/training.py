@@ -37,7 +37,7 @@ def _drop_integrations(trainer) -> None:
 
 
 def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int,
-          callbacks: dict[str, Callable] | None = None, verbose: bool = False) -> TrainResult:
+          callbacks: dict[str, Callable] | None = None, verbose: bool = False, device: str = "cpu") -> TrainResult:
     """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)."""
     import torch
     from ultralytics import YOLO
@@ -58,7 +58,7 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         yolo.add_callback(event, fn)
     yolo.train(
         data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
-        optimizer=run.optimizer, deterministic=True, device="cpu", workers=0, amp=False, plots=True,
+        optimizer=run.optimizer, deterministic=True, device=device, workers=0, amp=False, plots=True,
         project=str(project), name=run.id, exist_ok=True, verbose=verbose)
     trainer = yolo.trainer
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
