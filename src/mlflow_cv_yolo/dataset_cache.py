@@ -5,6 +5,8 @@ for every later run on that node."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -74,16 +76,14 @@ def fetch(source: DataSource, cache: Path = CACHE) -> Path:
             (work / "data.dvc").write_text(yaml.safe_dump(
                 {"outs": [{"md5": source.md5, "path": source.folder, "hash": "md5"}]}))
             repo = Repo(str(work))
-            repo.pull(targets=["data.dvc"])
-            # Hash every file again and compare with the digest: a partial or altered
-            # download must not train.
-            changed = repo.status(targets=["data.dvc"])
+            repo.pull(targets=[str(work / "data.dvc")])
         except DvcException as exc:
             raise DataUnreachable(f"dataset {source.md5}: `dvc pull` from {source.remote_url} at "
                                   f"{source.endpoint_url} failed on this node: {exc}") from None
+        changed = mismatches(work / ".dvc" / "cache", source.md5, work / source.folder)
         if changed:
             raise DataUnreachable(f"dataset {source.md5}: the files pulled from {source.remote_url} do not match "
-                                  f"the digest: {changed}")
+                                  f"its listing: {', '.join(changed[:5])}")
         (work / "data.yaml").write_text(source.yaml_text)
         shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)  # the checked-out files are what trains
         (work / VERIFIED).write_text(source.md5 + "\n")
@@ -95,3 +95,16 @@ def fetch(source: DataSource, cache: Path = CACHE) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return yaml_path
+
+
+def mismatches(dvc_cache: Path, md5: str, folder: Path) -> list[str]:
+    """Every file of `folder` hashed again against the listing the digest names (DVC's
+    `.dir` object, fetched by that digest): what is missing, extra or altered."""
+    listing = json.loads((dvc_cache / "files" / "md5" / md5[:2] / md5[2:]).read_text())
+    expected = {entry["relpath"]: entry["md5"] for entry in listing}
+    present = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    problems = [f"{name}: missing" for name in sorted(expected.keys() - present.keys())]
+    problems += [f"{name}: not in the dataset" for name in sorted(present.keys() - expected.keys())]
+    problems += [f"{name}: altered" for name in sorted(expected.keys() & present.keys())
+                 if hashlib.md5(present[name].read_bytes()).hexdigest() != expected[name]]
+    return problems
