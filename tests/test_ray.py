@@ -44,9 +44,9 @@ def stack_env(local_stack) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": local_stack.tracking_uri}
 
 
-def results(client, session: str) -> dict[str, dict[str, float]]:
-    return {name: {k: run.data.metrics[k] for k in COMPARED} for name, run in session_runs(client, session).items()
-            if run.data.tags["suite.kind"] == "grid"}
+def results(client, session: str, names=("seed1", "seed2")) -> dict[str, dict[str, float]]:
+    runs = session_runs(client, session)
+    return {name: {k: runs[name].data.metrics[k] for k in COMPARED} for name in names}
 
 
 def ray_processes() -> str:
@@ -89,7 +89,7 @@ def test_a_session_started_instance_trains_like_the_local_executor_and_ctrl_c_le
     assert {name: run.info.status for name, run in runs.items() if name.startswith("seed")} == {
         "seed1": "FINISHED", "seed2": "FINISHED", "seed3": "KILLED"}
     assert runs["seed3"].data.tags["suite.end_reason"] == "interrupted (Ctrl-C or SIGTERM): its Ray task was cancelled"
-    assert {k: v for k, v in results(client, session).items() if k != "seed3"} == local_results
+    assert results(client, session) == local_results
     assert "gcs_client" not in text and "Traceback" not in text  # nothing of Ray's in the terminal
 
 
@@ -116,10 +116,10 @@ def ray_head(tmp_path):
 
 def test_a_joined_cluster_retries_a_killed_worker_into_the_same_run(tmp_path, client, stack_env, data_yaml,
                                                                     ray_head):
-    """Two xdist workers submit to a cluster joined by address; seed1's Ray worker is
-    killed with SIGKILL after its first epoch: Ray runs the task again, into the same
-    run, which ends FINISHED once with each epoch logged once; the cluster stays up."""
-    proc = start_suite("-n", "2", "--data", str(data_yaml), *MICRO, *SEEDS, "--set", "epochs=2", "--no-promote",
+    """A cluster joined by address, from an xdist worker; the run's Ray worker is killed
+    with SIGKILL after its first epoch: Ray runs the task again, into the same run,
+    which ends FINISHED once with each epoch logged once; the cluster stays up."""
+    proc = start_suite("-n", "2", "--data", str(data_yaml), *MICRO, "--set", "epochs=2", "--no-promote",
                        "--executor", "ray", "--ray-address", ray_head, env=stack_env, tmp_path=tmp_path)
     output = Output(proc)
     session = wait_for(lambda: next((line.split()[1].rstrip(",") for line in output.lines
@@ -127,22 +127,21 @@ def test_a_joined_cluster_retries_a_killed_worker_into_the_same_run(tmp_path, cl
                        proc=proc, output=output)
 
     def first_epoch():
-        run = session_runs(client, session).get("seed1")
+        run = session_runs(client, session).get("base")
         return run and [m.step for m in client.get_metric_history(run.info.run_id, "mAP50-95")] == [1] and run
 
-    run = wait_for(first_epoch, timeout=300, what="seed1's first epoch", proc=proc, output=output, interval=0.3)
+    run = wait_for(first_epoch, timeout=300, what="the first epoch", proc=proc, output=output, interval=0.3)
     killed = int(run.data.tags["ray.worker_pid"])
     os.kill(killed, signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, output.wait_closed(10)[-4000:]
     text = output.wait_closed(10)
     assert f"ray: joined at {ray_head}, 1 node(s), 2 CPU, 0 GPU; each run 1 CPU, 0 GPU" in text
     runs = session_runs(client, session)
-    assert sorted(runs) == ["seed1", "seed2", f"session-{session}"]  # no second run for the retry
-    retried = runs["seed1"]
+    assert sorted(runs) == ["base", f"session-{session}"]  # no second run for the retry
+    retried = runs["base"]
     assert retried.info.run_id == run.info.run_id and retried.info.status == "FINISHED"
     assert int(retried.data.tags["ray.worker_pid"]) != killed
     assert sorted(m.step for m in client.get_metric_history(retried.info.run_id, "mAP50-95")) == [1, 2]
-    assert runs["seed2"].info.status == "FINISHED"
     assert port_in_use(int(ray_head.rsplit(":", 1)[1]))  # a joined cluster is left running
 
 
@@ -150,8 +149,6 @@ def test_options_of_the_ray_executor_fail_in_one_line_before_anything_starts(tmp
     for args, line in [
         (["--executor", "local", "--ray-address", "auto"], "ERROR: --ray-address: only with --executor ray"),
         (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run: invalid gpus value: '-1'"),
-        (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run: invalid cpus value: '0'"),
-        (["--executor", "spark"], "argument --executor: invalid choice: 'spark'"),
     ]:
         result = run_suite(*MICRO, *args, tmp_path=tmp_path)
         assert result.returncode == 4, result.stdout + result.stderr

@@ -206,6 +206,7 @@ class RayCluster:
         if self.head is not None:
             # Read by Ray when it is imported: the head requires the token, so must we.
             os.environ["RAY_AUTH_MODE"] = "token"
+        use_token_auth()
         import ray
 
         try:
