@@ -86,10 +86,11 @@ def slots_folder(info: SessionInfo) -> Path:
     return Path(info.workdir) / ".slots"
 
 
-def train_into_run(request: TrainRequest) -> None:
+def train_into_run(request: TrainRequest, *, data: Path | None = None) -> None:
     """Train and record into an existing run, which ends FINISHED; a crash ends it
     FAILED with its traceback as an artifact, an interruption KILLED saying so; either
-    way the exception propagates."""
+    way the exception propagates. `data`: the dataset yaml where it is on this machine
+    (default: the session's)."""
     info, run_id, place = request.info, request.run_id, request.placement
     client = MlflowClient(info.tracking_uri)
     try:
@@ -100,7 +101,7 @@ def train_into_run(request: TrainRequest) -> None:
         if place.kind == "cuda":
             client.set_tag(run_id, "amp.check", info.amp_check)
         with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
-            result = training.train(request.config, data=Path(info.data), model=info.model_used,
+            result = training.train(request.config, data=data or Path(info.data), model=info.model_used,
                                     project=Path(info.workdir), threads=place.threads, device=place.device,
                                     dataloader_workers=place.dataloader_workers, amp=amp,
                                     amp_checked=info.amp_check, callbacks=logger.callbacks,

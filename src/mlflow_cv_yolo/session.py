@@ -15,6 +15,7 @@ method a hook, in this order:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -31,7 +32,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import devices, experiment, interrupts, preflight, progress, promotion, ranking, report, tracking, weights
+from . import devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, tracking, weights
+from .dataset_cache import DataSource
 from .grid import RunConfig
 from .preflight import InputError
 from .promotion import Completeness, Decision
@@ -99,6 +101,7 @@ class Session:
         self.stack_info: StackInfo | None = None
         self.info: SessionInfo | None = None
         self.monitor = None
+        self.ray: ray_cluster.RayCluster | None = None
         self.selected: list[str] = []
         self.tests: dict[str, _Test] = {}
         self.stack_failure: str | None = None
@@ -117,6 +120,7 @@ class Session:
         data_state = self._check_inputs(kind)
         choice = self._required_weights()
         self._state_dir = Path(tempfile.mkdtemp(prefix="cv-yolo-stack-")) if s.fresh_stack else s.stack_dir
+        self._start_ray(kind)
         self.stack = make_stack(kind, self._state_dir, log=self.log, **s.images)
         if kind != "external":  # a shared external server has no folder of ours
             try:
@@ -154,7 +158,7 @@ class Session:
             tracking_uri=self.stack_info.tracking_uri, stack_kind=kind, data=str(s.data),
             model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
-            git_commit=commit, devices=self.devices, amp_check=amp_check, **lineage)
+            git_commit=commit, devices=self.devices, amp_check=amp_check, executor=self._executor(lineage), **lineage)
         if self.info.dataset_md5:
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.
@@ -172,6 +176,7 @@ class Session:
             self.devices = devices.select(s.device, self._found)
         except devices.DeviceError as exc:
             raise InputError(str(exc)) from None
+        ray_cluster.check_settings(s.executor)
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if kind == "external":
             if not uri:
@@ -211,6 +216,39 @@ class Session:
             return weights.resolve(self.grid[0].model, require_pretrained=True)
         except weights.WeightsError as exc:
             raise InputError(str(exc)) from None
+
+    def _start_ray(self, kind: str) -> None:
+        """--executor ray: start or join the cluster before the stack, so that one the
+        tracking server cannot serve is refused before anything else starts."""
+        if self.settings.executor.kind != "ray":
+            return
+        from .session_info import CLIENT_ENV
+
+        self.ray = ray_cluster.RayCluster(self.settings.executor, dict(CLIENT_ENV), self._state_dir / "ray",
+                                          log=self.log)
+        self.ray.start()
+        self.ray.check_reachable(kind, os.environ.get("MLFLOW_TRACKING_URI"))
+
+    def _executor(self, lineage: dict) -> dict:
+        """What workers build their executor from (executors.make_executor)."""
+        s = self.settings.executor
+        if self.ray is None:
+            return {"kind": "local"}
+        data = Path(self.settings.data)
+        s3 = self.stack_info.s3
+        source = DataSource(yaml_path=str(data), yaml_text=data.read_text(), md5=lineage.get("dataset_md5"))
+        if source.md5 and s3 is not None:
+            from . import lineage as dvc_lineage
+
+            out = self.settings.root / dvc_lineage.DEFAULT_OUT
+            source = dataclasses.replace(
+                source, folder=os.path.relpath(out, data.parent), remote_url=lineage.get("dataset_source"),
+                endpoint_url=s3.endpoint_url, credential_path=str(s3.credentials_file))
+        if self.ray.other_machines and not source.fetchable:
+            self.log(f"ray: nodes on other machines ({', '.join(self.ray.other_machines)}) cannot fetch {data} "
+                     "(no DVC remote on an S3 they reach): only nodes that share this file system can train")
+        return {"kind": "ray", "address": self.ray.address, "cpus_per_run": s.cpus_per_run,
+                "gpus_per_run": s.gpus_per_run, "data": dataclasses.asdict(source)}
 
     def _publish_data(self, state) -> dict:
         """Lineage fields for the SessionInfo; {} for a dataset given with --data."""
@@ -274,6 +312,8 @@ class Session:
         lines += [f"session: {info.session_id}, experiment {info.experiment!r}"]
         weights_line = f"weights: {info.model_used}" + ("" if info.pretrained else f" — {info.model_note}")
         lines += [weights_line if info.pretrained else "!" * 8 + " " + weights_line]
+        if self.ray is not None:
+            lines.append(self.ray.describe())
         data = f"data: {info.data}"
         if info.dataset_md5:
             data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
@@ -410,6 +450,9 @@ class Session:
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None
+        if self.ray is not None:
+            self.ray.stop()
+            self.ray = None
         if self.stack is not None:
             self.stack.stop()
             self.stack = None

@@ -47,6 +47,9 @@ class SessionInfo:
     devices: tuple[str, ...] = ("cpu",)
     amp_check: str | None = None  # training.amp_check's verdict, once per session; None: not checked
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
+    # Where runs train (executors.make_executor): {"kind": "local"}, or Ray's address,
+    # resources per run and where nodes find the data.
+    executor: dict = field(default_factory=lambda: {"kind": "local"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,6 +6,7 @@ the option's name."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,39 @@ def criteria_from(given: dict[str, float | None], ini: dict[str, str], gate: dic
     return Criteria(**values)
 
 
+EXECUTORS = ("local", "ray")
+
+
+def gpus(text: str) -> float:
+    """GPUs one run asks Ray for: a finite number >= 0 (0.25 packs four runs a GPU)."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):  # also false for nan
+        raise ValueError(f"{text} is not a finite number >= 0")
+    return value
+
+
+def cpus(text: str) -> float:
+    """CPUs one run asks Ray for: a finite number > 0 (training needs a thread)."""
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise ValueError(f"{text} is not a finite number > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Where training runs: in the test's process, or as Ray tasks. Travels to workers
+    (xdist's workerinput) as a dict."""
+
+    kind: str = "local"
+    ray_address: str | None = None  # None: a Ray instance the session starts on this machine
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -69,6 +103,7 @@ class Settings:
     workers: int = 1      # xdist's -n (1 without xdist)
     rerun: bool = False   # train even where a finished run with the same key exists (see reuse)
     resume: bool = True   # continue an interrupted run with the same key (see resume)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
     def load_grid(self) -> list[RunConfig]:
         """The whole grid (before -k): read only when the experiment tests are collected."""
@@ -97,7 +132,10 @@ def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: C
         runs_dir=absolute(options["runs_dir"], cwd),
         images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")},
         device=options.get("device") or "auto", workers=_workers(options),
-        rerun=bool(options.get("rerun")), resume=not options.get("no_resume"))
+        rerun=bool(options.get("rerun")), resume=not options.get("no_resume"),
+        executor=ExecutorSettings(kind=options.get("executor") or "local", ray_address=options.get("ray_address"),
+                                  cpus_per_run=options.get("cpus_per_run", 1.0),
+                                  gpus_per_run=options.get("gpus_per_run", 0.0)))
 
 
 def _workers(options: dict[str, Any]) -> int:
