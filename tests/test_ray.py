@@ -5,6 +5,7 @@ as the local executor's, and the dataset fetched by its DVC digest onto a node."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,8 @@ from mlflow_cv_yolo.preflight import InputError
 from mlflow_cv_yolo.settings import ExecutorSettings
 from mlflow_cv_yolo.stack.process import free_port, kill_group, port_in_use
 
-from helpers import MICRO, Output, group_alive, run_suite, session_of, session_runs, start_suite, wait_for
+from helpers import (MICRO, Output, group_alive, processes_of, run_suite, session_of, session_runs, start_suite,
+                     wait_for)
 
 # Two seeds at one epoch: the grid the local and the Ray executor must agree on.
 SEEDS = ("--set", "seed=1,2")
@@ -49,12 +51,6 @@ def results(client, session: str, names=("seed1", "seed2")) -> dict[str, dict[st
     return {name: {k: runs[name].data.metrics[k] for k in COMPARED} for name in names}
 
 
-def ray_processes() -> str:
-    """Every Ray process of this machine: none may outlive a session's own instance."""
-    return subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::|ray start"], capture_output=True,
-                          text=True).stdout
-
-
 @pytest.fixture(scope="module")
 def local_results(tmp_path_factory, client, stack_env, data_yaml):
     """The grid trained by the local executor (in the test's process), as today."""
@@ -69,28 +65,43 @@ def test_a_session_started_instance_trains_like_the_local_executor_and_ctrl_c_le
     """One session on the Ray instance it starts (this machine's 2 CPUs): seeds 1 and 2
     finish with the local executor's results exactly; Ctrl-C during seed 3 cancels its
     task, ends its run KILLED, and the instance (GCS, raylet, workers) is gone."""
-    assert ray_processes() == ""
     proc = start_suite("--data", str(data_yaml), *MICRO, "--set", "seed=1,2,3", "--no-promote", "--executor", "ray",
                        env=stack_env, tmp_path=tmp_path)
     output = Output(proc)
     session = wait_for(lambda: next((line.split()[1].rstrip(",") for line in output.lines
                                      if line.startswith("session: ")), None), timeout=180, what="the session id",
                        proc=proc, output=output)
-    head = int((tmp_path / "stack" / "ray" / "ray-head.pid").read_text().split()[0])
-    assert group_alive(head)
+    pid_line, argv = (tmp_path / "stack" / "ray" / "ray-head.pid").read_text().splitlines()
+    head, temp_dir = int(pid_line), json.loads(argv)[json.loads(argv).index("--temp-dir") + 1]
+    assert group_alive(head) and "gcs_server" in processes_of(Path(temp_dir))
     training = lambda: (run := session_runs(client, session).get("seed3")) and "ray.worker_pid" in run.data.tags  # noqa: E731
     wait_for(training, timeout=300, what="seed3 training in a Ray task", proc=proc, output=output, interval=0.5)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == pytest.ExitCode.INTERRUPTED, output.wait_closed(10)[-3000:]
     text = output.wait_closed(10)
     assert "ray: started on this machine, 1 node(s), 2 CPU, 0 GPU; each run 1 CPU, 0 GPU" in text
-    assert not group_alive(head) and ray_processes() == ""
+    # The instance's process group (GCS, raylet, agents, workers) and anything naming its folder are gone.
+    assert not group_alive(head) and processes_of(Path(temp_dir)) == ""
     runs = session_runs(client, session)
     assert {name: run.info.status for name, run in runs.items() if name.startswith("seed")} == {
         "seed1": "FINISHED", "seed2": "FINISHED", "seed3": "KILLED"}
     assert runs["seed3"].data.tags["suite.end_reason"] == "interrupted (Ctrl-C or SIGTERM): its Ray task was cancelled"
     assert results(client, session) == local_results
     assert "gcs_client" not in text and "Traceback" not in text  # nothing of Ray's in the terminal
+
+
+def test_a_controller_killed_with_sigkill_takes_its_ray_instance_along(tmp_path, stack_env, data_yaml):
+    """No stop() runs after SIGKILL: the watchdog the session started beside its Ray
+    instance sees the controller gone and stops the instance's whole process group."""
+    proc = start_suite("--data", str(data_yaml), *MICRO, "--no-promote", "--executor", "ray", env=stack_env,
+                       tmp_path=tmp_path)
+    output = Output(proc)
+    wait_for(lambda: "ray: started on this machine" in output.text, timeout=180, what="the Ray header line",
+             proc=proc, output=output)
+    head = int((tmp_path / "stack" / "ray" / "ray-head.pid").read_text().split()[0])
+    proc.kill()
+    proc.wait(timeout=30)
+    wait_for(lambda: not group_alive(head), timeout=30, what="the Ray instance's process group to end")
 
 
 @pytest.fixture

@@ -106,7 +106,10 @@ class RayExecutor:
                 interrupts.check()  # a Ctrl-C that a callback swallowed
             ray.get(ref)
         except KeyboardInterrupt:
-            ray.cancel(ref, force=True)
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # the cluster went first (a session-started instance stopping)
+                pass
             _end(request, "KILLED", "interrupted (Ctrl-C or SIGTERM): its Ray task was cancelled")
             raise
         except RayTaskError:

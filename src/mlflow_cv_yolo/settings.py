@@ -6,7 +6,6 @@ the option's name."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,16 +66,13 @@ def cpus(text: str) -> float:
 
 @dataclass(frozen=True)
 class ExecutorSettings:
-    """Where training runs: in the test's process, or as Ray tasks. Travels to workers
-    (xdist's workerinput) as a dict."""
+    """Where training runs: in the test's process, or as Ray tasks. Workers get what
+    they need of it, resolved (the cluster's address), in SessionInfo.executor."""
 
     kind: str = "local"
     ray_address: str | None = None  # None: a Ray instance the session starts on this machine
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
