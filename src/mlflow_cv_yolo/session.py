@@ -15,6 +15,7 @@ method a hook, in this order:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -31,7 +32,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import experiment, interrupts, preflight, progress, promotion, ranking, report, tracking, weights
+from . import experiment, interrupts, preflight, progress, promotion, ranking, report, reuse, tracking, weights
 from .grid import RunConfig
 from .preflight import InputError
 from .promotion import Completeness, Decision
@@ -151,6 +152,7 @@ class Session:
             model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
             git_commit=commit, **lineage)
+        self.info = dataclasses.replace(self.info, data_digest=reuse.data_digest(self.info))
         if self.info.dataset_md5:
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.

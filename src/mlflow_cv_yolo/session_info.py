@@ -43,6 +43,7 @@ class SessionInfo:
     dataset_dirty: bool = False
     dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
     dataset_lock_commit: str | None = None
+    data_digest: str | None = None  # the data's part of every run's key (see run_key), computed once
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
 
     def to_dict(self) -> dict:
