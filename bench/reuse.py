@@ -48,18 +48,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="local", choices=("local", "embedded"))
     parser.add_argument("-n", "--workers", default="2")
+    parser.add_argument("--state", type=Path, default=None, help="keep the stack, runs and reports here (default: a "
+                        "throwaway folder); with --second-only, time one more unchanged session on it")
+    parser.add_argument("--second-only", action="store_true")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="arguments for both sessions (after --)")
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as throwaway:
+        tmp = args.state or throwaway
         common = ["--stack", args.stack, "--stack-dir", f"{tmp}/stack", "--reports-dir", f"{tmp}/reports",
                   "--runs-dir", f"{tmp}/runs", "-n", args.workers, *extra]
-        first = session(common)
+        first = None if args.second_only else session(common)
         print("first", first, flush=True)
         second = session(common)
         print("second", second, flush=True)
     result = {"stack": args.stack, "workers": args.workers, "args": extra, "first": first, "second": second,
-              "second_over_first": round(second["wall_s"] / first["wall_s"], 3),
+              "second_over_first": round(second["wall_s"] / first["wall_s"], 3) if first else None,
               "second_within_aim": bool(second["after_ready_s"] is not None and second["after_ready_s"] <= 10.0)}
     print(json.dumps(result), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -106,3 +106,33 @@ def test_a_changed_key_retrains_only_its_points_and_rerun_retrains(chain):
     assert list(reused(chain["changed"])) == ["imgsz96"]
     assert counts(chain["rerun"]) == "0 reused, 1 trained"
     assert reused(chain["rerun"]) == {}
+
+
+def test_run_key_changes_with_what_decides_the_training_and_only_with_it(tmp_path, data_yaml):
+    import shutil
+
+    from mlflow_cv_yolo.run_key import data_digest, run_key
+
+    shutil.copytree(data_yaml.parent / "tiny_coco", tmp_path / "tiny_coco", ignore=shutil.ignore_patterns("*.cache"))
+    data = tmp_path / "data.yaml"
+    shutil.copy(data_yaml, data)
+    values = {"model": "yolov8n.pt", "optimizer": "SGD", "epochs": 3, "batch": 8, "imgsz": 320, "lr0": 0.01, "seed": 1}
+
+    def key(**change):
+        given = {"model_used": "yolov8n.yaml", "data": data_digest(data, change.pop("dvc", None)), "device": "cpu",
+                 **change}
+        return run_key({**values, **given.pop("values", {})}, **given)
+
+    base = key()
+    assert key() == base and key(device=None) == base and key(device="CPU") == base
+    assert key(device="0") == key(device="cuda:0") != base
+    changed = {"epochs": key(values={"epochs": 4}), "lr0": key(values={"lr0": 0.02}), "seed": key(values={"seed": 2}),
+               "weights": key(model_used="yolov8s.yaml"), "dvc": key(dvc="0" * 32)}
+    assert len({base, *changed.values()}) == 6, changed
+    assert data_digest(data, "abc") == "dvc:abc"  # the DVC digest, where the session has one, stands for the data
+
+    (tmp_path / "tiny_coco" / "labels" / "train.cache").write_bytes(b"ultralytics' cache")
+    assert key() == base  # ultralytics' label caches are not the data
+    label = next((tmp_path / "tiny_coco" / "labels" / "train").iterdir())
+    label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
+    assert key() != base

@@ -209,13 +209,19 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
     best = candidate.metrics[ranking.METRIC]
     checks = [complete, Criterion("best mAP50-95 (val)", threshold, best, best >= threshold, why)]
 
+    workdir.mkdir(parents=True, exist_ok=True)  # a session that reused every run trained nothing there
     work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
     imgsz = int(candidate.params.get("imgsz", 320))
-    weights = _weights_from_run(client, candidate.run_id, work / "candidate")
-    test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test",
-                    device=device)
-    client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
-    client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
+    weights = None
+    if candidate.reused_from and {"test/mAP50-95", "test/mAP50"} <= set(candidate.metrics):
+        # Evaluated on test when an earlier session chose it: the same weights and data (its key).
+        test = {"mAP50-95": candidate.metrics["test/mAP50-95"], "mAP50": candidate.metrics["test/mAP50"]}
+    else:
+        weights = _weights_from_run(client, candidate.run_id, work / "candidate")
+        test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test",
+                            device=device)
+        client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
+        client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
     metrics = {**{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
                **{f"test/{k}": v for k, v in test.items()}}
     # The table shows the candidate's test figures beside everyone's val figures.
@@ -238,6 +244,7 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
         source = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}@production",
                                                           dst_path=str(work / "champion")))
         champ_weights = next(source.rglob("best.pt"))
+        weights = weights or _weights_from_run(client, candidate.run_id, work / "candidate")
         champ_imgsz = int(client.get_run(champion.run_id).data.params.get("imgsz", imgsz)) if champion.run_id else imgsz
         # Re-evaluated beside the champion, so both val figures come from one evaluation code path.
         val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val",
@@ -307,6 +314,11 @@ def promote(client: MlflowClient, decision: Decision, *, registered_model: str, 
     its tags and description first and the alias moves last, so a failure leaves the
     alias where it was (on a version that is complete); the version that loses the
     alias then loses its `stage` tag."""
+    held = _holder(client, registered_model, alias)
+    if held is not None and held.run_id == decision.candidate_run_id:  # a reused run promoted before
+        return dataclasses.replace(decision, outcome="kept", reason=(
+            f"{decision.candidate} is {registered_model} v{held.version} @{alias} already: nothing registered"),
+            registered_model=registered_model, version=held.version, alias=alias)
     imgsz = int(client.get_run(decision.candidate_run_id).data.params.get("imgsz", 320))
     model_id = candidate_model(client, decision.candidate_run_id, data=data, imgsz=imgsz)
     check_loads(f"models:/{model_id}")

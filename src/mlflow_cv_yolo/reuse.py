@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from . import experiment, resume, tracking
 from .grid import RunConfig
 from .run_key import TAG as TAG_KEY
+from .run_key import data_digest as run_key_data
 from .run_key import run_key
 from .session_info import SessionInfo
 
@@ -31,10 +32,14 @@ class Start:
     checkpoint: Path | None = None    # resumed: the last.pt training continues from
 
 
+def data_digest(info: SessionInfo) -> str:
+    """The data's part of the key. Data that differs from dvc.lock is not what the lock's
+    digest names: it is listed instead."""
+    return run_key_data(Path(info.data), None if info.dataset_dirty else info.dataset_md5)
+
+
 def key_of(config: RunConfig, info: SessionInfo, device: str | None) -> str:
-    # Data that differs from dvc.lock is not what the lock's digest names: it is listed instead.
-    return run_key(config.values, model_used=info.model_used, data=Path(info.data),
-                   dataset_md5=None if info.dataset_dirty else info.dataset_md5, device=device)
+    return run_key(config.values, model_used=info.model_used, data=info.data_digest or data_digest(info), device=device)
 
 
 def runs_with_key(client: MlflowClient, experiment_id: str, key: str) -> list:

@@ -95,9 +95,7 @@ def _split_folders(data_yaml: Path) -> list[Path]:
     return folders
 
 
-@functools.lru_cache(maxsize=8)
-def _listing_digest(data_yaml: str, _mtime_ns: int) -> str:
-    path = Path(data_yaml)
+def _listing_digest(path: Path) -> str:
     digest = hashlib.sha256(path.read_bytes())
     for folder in _split_folders(path):
         files = sorted(folder.rglob("*")) if folder.is_dir() else ([folder] if folder.is_file() else [])
@@ -113,10 +111,10 @@ def _listing_digest(data_yaml: str, _mtime_ns: int) -> str:
 
 
 def data_digest(data_yaml: Path, dvc_md5: str | None) -> str:
+    """Computed once per session, by its controller (SessionInfo.data_digest)."""
     if dvc_md5:
         return f"dvc:{dvc_md5}"
-    path = Path(data_yaml).resolve()
-    return f"listing:{_listing_digest(str(path), path.stat().st_mtime_ns)}"
+    return f"listing:{_listing_digest(Path(data_yaml).resolve())}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,15 +138,13 @@ def library_versions() -> dict[str, str]:
     return {"ultralytics": version("ultralytics"), "torch": version("torch").split("+")[0]}
 
 
-def components(values: dict[str, Any], *, model_used: str, data: Path, dataset_md5: str | None,
-               device: str | None) -> dict[str, Any]:
-    """What the key hashes, by name (kept readable for a person comparing two keys)."""
+def components(values: dict[str, Any], *, model_used: str, data: str, device: str | None) -> dict[str, Any]:
+    """What the key hashes, by name (kept readable for a person comparing two keys);
+    `data` is `data_digest()`'s."""
     return {"args": {k: str(v) for k, v in sorted(values.items())}, "weights": weights_digest(model_used),
-            "data": data_digest(data, dataset_md5), "code": code_version(), "libraries": library_versions(),
-            "device": device_kind(device)}
+            "data": data, "code": code_version(), "libraries": library_versions(), "device": device_kind(device)}
 
 
-def run_key(values: dict[str, Any], *, model_used: str, data: Path, dataset_md5: str | None,
-            device: str | None) -> str:
-    parts = components(values, model_used=model_used, data=data, dataset_md5=dataset_md5, device=device)
+def run_key(values: dict[str, Any], *, model_used: str, data: str, device: str | None) -> str:
+    parts = components(values, model_used=model_used, data=data, device=device)
     return _sha256(json.dumps(parts, sort_keys=True).encode())[:32]

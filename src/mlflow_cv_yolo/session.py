@@ -32,7 +32,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, tracking, weights
+from . import devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, reuse, tracking, weights
 from .dataset_cache import DataSource
 from .grid import RunConfig
 from .preflight import InputError
@@ -159,6 +159,7 @@ class Session:
             model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
             git_commit=commit, devices=self.devices, amp_check=amp_check, executor=self._executor(lineage), **lineage)
+        self.info = dataclasses.replace(self.info, data_digest=reuse.data_digest(self.info))
         if self.info.dataset_md5:
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.

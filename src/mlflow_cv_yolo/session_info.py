@@ -46,6 +46,7 @@ class SessionInfo:
     # The selected devices' labels (devices.select); worker k trains on devices[k % len].
     devices: tuple[str, ...] = ("cpu",)
     amp_check: str | None = None  # training.amp_check's verdict, once per session; None: not checked
+    data_digest: str | None = None  # the data's part of every run's key (see run_key), computed once
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
     # Where runs train (executors.make_executor): {"kind": "local"}, or Ray's address,
     # resources per run and where nodes find the data.
