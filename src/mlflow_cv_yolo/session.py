@@ -32,7 +32,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, reuse, tracking, weights
+from . import (devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, reuse,
+               tracking, weights)
 from .dataset_cache import DataSource
 from .grid import RunConfig
 from .preflight import InputError
