@@ -65,9 +65,10 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
 
     from mlflow_cv_yolo import experiment, reuse, tracking
     from mlflow_cv_yolo.grid import RunConfig
-    from mlflow_cv_yolo.session_info import SessionInfo
+    from mlflow_cv_yolo.session_info import CLIENT_ENV, SessionInfo
     from mlflow_cv_yolo.stack.local import LocalStack
 
+    os.environ.update(CLIENT_ENV)  # the settings every process of a session has
     spent = {"tracking": 0.0, "calls": 0}
     depth = [0]
 

@@ -307,14 +307,15 @@ def candidate_model(client: MlflowClient, run_id: str, *, data: Path, imgsz: int
 
 
 def promote(client: MlflowClient, decision: Decision, *, registered_model: str, alias: str,
-            tags: dict[str, str], data: Path) -> Decision:
+            tags: dict[str, str], data: Path, keep_if_held: bool = False) -> Decision:
     """Log the candidate's model, register it and move `alias` to the new version.
 
     The order keeps the registry consistent whatever step fails: the new version gets
     its tags and description first and the alias moves last, so a failure leaves the
     alias where it was (on a version that is complete); the version that loses the
-    alias then loses its `stage` tag."""
-    held = _holder(client, registered_model, alias)
+    alias then loses its `stage` tag. With `keep_if_held` (a reused candidate), a run
+    whose version already holds `alias` is kept as it is."""
+    held = _holder(client, registered_model, alias) if keep_if_held else None
     if held is not None and held.run_id == decision.candidate_run_id:  # a reused run promoted before
         return dataclasses.replace(decision, outcome="kept", reason=(
             f"{decision.candidate} is {registered_model} v{held.version} @{alias} already: nothing registered"),

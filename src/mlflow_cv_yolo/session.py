@@ -406,7 +406,9 @@ class Session:
                                                  "promoted_by.git_commit": info.git_commit or "",
                                                  **({"trained_by.session": decision.candidate_reused_from}
                                                     if decision.candidate_reused_from else {}),
-                                                 "pretrained": str(info.pretrained).lower()}, data=Path(info.data))
+                                                 "pretrained": str(info.pretrained).lower()}, data=Path(info.data),
+                                             # a reused candidate that already holds the alias: nothing new
+                                             keep_if_held=bool(decision.candidate_reused_from))
             runs = self._runs(client)  # with test/ metrics now
         folder = s.reports_dir / info.session_id
         md, js = decision.write(folder)
