@@ -44,10 +44,12 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "MLFLOW_", "CV_YOLO_SUITE"))}
         env["MLFLOW_TRACKING_URI"] = info.tracking_uri
         env["PYTHONPATH"] = str(args.checkout.resolve() / "src")
+        # Every session trains: code with reuse would otherwise take the first session's runs.
+        fresh = ["--rerun", "--no-resume"] if "--rerun" in (args.checkout / "fixtures" / "options.py").read_text() else []
         for _ in range(args.repeat):
             for n in args.workers:  # alternating, so a change in the machine's load hits both
                 command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider", "-n", str(n),
-                           "--stack", "external", "--no-promote", "--reports-dir", tmp, "--runs-dir", tmp, *extra]
+                           "--stack", "external", "--no-promote", *fresh, "--reports-dir", tmp, "--runs-dir", tmp, *extra]
                 start = time.monotonic()
                 result = subprocess.run(command, cwd=args.checkout, env=env, capture_output=True, text=True)
                 walls[n].append(round(time.monotonic() - start, 1))
