@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from mlflow_cv_yolo import devices, training
-from mlflow_cv_yolo.devices import DeviceError, Found, Placement, describe, place, select, slot
+from mlflow_cv_yolo.devices import (DeviceError, Found, Placement, describe, place, select, slot,
+                                    workers_to_start)
 from mlflow_cv_yolo.grid import GridError, expand, load_grid
 
 from helpers import MICRO, REPO, run_suite
@@ -108,6 +109,15 @@ def test_cpu_workers_share_the_cores_and_never_train_more_runs_than_cores():
     assert placements(2, Found(mps=True, platform="darwin"), 8) == [Placement("mps", "mps", 1, 3)] * 2
 
 
+def test_on_the_cpu_a_session_starts_one_worker_a_core_at_most():
+    assert workers_to_start(4, ("cpu",), 2) == 2  # the other two would only wait for a slot
+    assert workers_to_start(2, ("cpu",), 2) == 2
+    assert workers_to_start(3, ("cpu",), 8) == 3
+    assert workers_to_start(1, ("cpu",), 1) == 1
+    assert workers_to_start(8, select("0", gpus(1)), 2) == 8  # runs share a GPU: every worker asked for
+    assert workers_to_start(4, ("mps",), 2) == 4
+
+
 def test_placement_refuses_a_worker_outside_the_count():
     with pytest.raises(ValueError):
         place(2, 2, ("cpu",), 2)
@@ -116,6 +126,9 @@ def test_placement_refuses_a_worker_outside_the_count():
 def test_the_header_line_says_what_was_found_and_how_runs_are_placed():
     assert describe("auto", LINUX_CPU, ("cpu",), 2, 2) == (
         "devices: cpu (auto: no CUDA, no mps) — 2 workers, 1 thread each, 2 training slots on 2 cores")
+    assert describe("auto", LINUX_CPU, ("cpu",), 2, 2, workers_asked=4) == (
+        "devices: cpu (auto: no CUDA, no mps) — 2 workers of -n 4 (one a core: the others would wait for a core), "
+        "1 thread each, 2 training slots on 2 cores")
     assert describe("cpu", gpus(1), ("cpu",), 1, 2) == (
         "devices: cpu (--device cpu; found 1 CUDA GPU, no mps) — 1 worker, 2 threads each, 1 training slot on "
         "2 cores")

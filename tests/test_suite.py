@@ -15,6 +15,8 @@ from mlflow_cv_yolo.detector import COLUMNS, encode_images
 
 from helpers import MICRO, run_suite
 
+WORKERS_ASKED = 3  # the grid session's -n
+
 
 def collect(*args, tmp_path):
     result = run_suite("--collect-only", "-q", *args, tmp_path=tmp_path)
@@ -55,8 +57,10 @@ def grid_session(tmp_path_factory, local_stack, stack_env, data_yaml):
     """One session of two lr0 values x two seeds under xdist, promoted straight to production."""
     tmp = tmp_path_factory.mktemp("grid")
     model = f"e2e-{uuid.uuid4().hex[:6]}"
-    result = run_suite("-n", "2", "--data", str(data_yaml), *MICRO, "--set", "epochs=2", "--set", "lr0=0.002,0.02",
-                       "--set", "seed=7,8", "--registered-model", model, "--promote-to", "production",
+    # -n 3: on a machine with fewer cores (this one has 2), one worker a core starts.
+    result = run_suite("-n", str(WORKERS_ASKED), "--data", str(data_yaml), *MICRO, "--set", "epochs=2",
+                       "--set", "lr0=0.002,0.02", "--set", "seed=7,8", "--registered-model", model,
+                       "--promote-to", "production",
                        env=stack_env, tmp_path=tmp)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     client = MlflowClient(local_stack.tracking_uri)
@@ -109,12 +113,14 @@ def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
         assert not any("password" in k.lower() or "secret" in k.lower() for k in {**params, **run.data.tags})
 
 
-def cpu_line(requested: str, workers: int) -> str:
+def cpu_line(requested: str, asked: int) -> str:
     """The header's devices line on this CUDA-less machine (its core count varies)."""
     cpus = devices.cpu_count()
+    workers = min(asked, cpus)
     threads, slots = max(1, cpus // workers), min(workers, cpus)
     why = "auto: no CUDA, no mps" if requested == "auto" else f"--device {requested}; found no CUDA, no mps"
-    return (f"devices: cpu ({why}) — {workers} worker{'s' if workers > 1 else ''}, {threads} thread"
+    started = "" if workers == asked else f" of -n {asked} (one a core: the others would wait for a core)"
+    return (f"devices: cpu ({why}) — {workers} worker{'s' if workers > 1 else ''}{started}, {threads} thread"
             f"{'s' if threads > 1 else ''} each, {slots} training slot{'s' if slots > 1 else ''} on {cpus} core"
             f"{'s' if cpus > 1 else ''}")
 
@@ -122,7 +128,10 @@ def cpu_line(requested: str, workers: int) -> str:
 def test_auto_device_resolves_to_the_cpu_here_and_runs_record_it(grid_session):
     if devices.probe().cuda:
         pytest.skip("this machine has CUDA: auto selects it")
-    assert cpu_line("auto", 2) in grid_session["result"].stdout.splitlines()
+    lines = grid_session["result"].stdout.splitlines()
+    assert cpu_line("auto", WORKERS_ASKED) in lines
+    started = min(WORKERS_ASKED, devices.cpu_count())  # xdist's own count of the workers it started
+    assert f"created: {started}/{started} workers" in lines
     client = grid_session["client"]
     for run in grid_session["grid"].values():
         assert (run.data.params["device"], run.data.tags["amp"]) == ("cpu", "false")

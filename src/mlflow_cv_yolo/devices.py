@@ -140,14 +140,31 @@ def place(worker: int, workers: int, devices: Sequence[str], cpus: int) -> Place
     return Placement(device, label, threads=max(1, share - loaders), dataloader_workers=loaders)
 
 
-def describe(requested: str, found: Found, devices: Sequence[str], workers: int, cpus: int) -> str:
-    """The header's line: which devices were found and selected, and how runs are placed."""
+def workers_to_start(requested: int, devices: Sequence[str], cpus: int) -> int:
+    """How many of the `requested` xdist workers a session starts to train locally on
+    `devices`: on the CPU, one a core at most. A worker beyond the training slots
+    would only wait for one, and its start (imports, its tests' setup) takes cores
+    from the runs that train: `-n 4` on 2 cores took 1.11x the wall of `-n 2`.
+    Runs beyond the workers wait in xdist's queue instead. GPUs take every worker
+    asked for (several runs share a GPU)."""
+    if requested > cpus and all(label == CPU for label in devices):
+        return cpus
+    return requested
+
+
+def describe(requested: str, found: Found, devices: Sequence[str], workers: int, cpus: int,
+             workers_asked: int | None = None) -> str:
+    """The header's line: which devices were found and selected, and how runs are placed
+    (`workers`: those started, out of `workers_asked` by -n)."""
     why = f"auto: {_found_text(found)}" if requested == AUTO else f"--device {requested}; found {_found_text(found)}"
     first = place(0, workers, devices, cpus)
     each = f"{first.threads} thread{'s' if first.threads != 1 else ''}"
     if first.dataloader_workers:
         each += f" and {first.dataloader_workers} dataloader worker{'s' if first.dataloader_workers != 1 else ''}"
-    runs = f"{workers} worker{'s' if workers != 1 else ''}, {each} each"
+    runs = f"{workers} worker{'s' if workers != 1 else ''}"
+    if workers_asked and workers_asked != workers:
+        runs += f" of -n {workers_asked} (one a core: the others would wait for a core)"
+    runs += f", {each} each"
     if first.kind == CPU:
         slots = min(first.slots, workers)
         runs += f", {slots} training slot{'s' if slots != 1 else ''} on {cpus} core{'s' if cpus != 1 else ''}"

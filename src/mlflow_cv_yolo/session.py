@@ -109,6 +109,7 @@ class Session:
         self._claim = None
         self._found: devices.Found | None = None
         self.devices: tuple[str, ...] = ()
+        self.workers = settings.workers  # xdist workers to start (devices.workers_to_start)
         self._state_dir: Path | None = None
         self._ready_in = self._state_shown = ""
 
@@ -179,6 +180,8 @@ class Session:
         except devices.DeviceError as exc:
             raise InputError(str(exc)) from None
         ray_cluster.check_settings(s.executor)
+        if s.executor.kind == "local":  # Ray places its tasks itself: every worker only waits on one
+            self.workers = devices.workers_to_start(s.workers, self.devices, devices.cpu_count())
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if kind == "external":
             if not uri:
@@ -319,8 +322,8 @@ class Session:
         data = f"data: {info.data}"
         if info.dataset_md5:
             data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
-        lines += [data, devices.describe(self.settings.device, self._found, self.devices, self.settings.workers,
-                                         devices.cpu_count())]
+        lines += [data, devices.describe(self.settings.device, self._found, self.devices, self.workers,
+                                         devices.cpu_count(), workers_asked=self.settings.workers)]
         if info.amp_check:
             lines += [f"  AMP check: {info.amp_check}"]
         return lines
