@@ -6,9 +6,10 @@
 
 Each session trains the grid (default experiments/grid.yaml, 8 runs, --no-promote)
 against one local stack (MariaDB + S3 + MLflow server, started once, so its start
-is not in the walls). On a CPU-only machine each worker gets cores // workers torch
-threads and at most cores // threads runs train at once (devices.place, training
-slots): the extra workers wait for a slot instead of splitting the cores further.
+is not in the walls). On a CPU-only machine a session starts one worker a core at
+most (devices.workers_to_start): the runs beyond wait in xdist's queue, instead of
+extra workers that waited for a training slot while their start took cores from
+the runs training. Each worker gets cores // workers torch threads (devices.place).
 Walls and the ratio to the first worker count go to bench/out/workers.jsonl.
 """
 

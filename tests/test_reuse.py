@@ -55,7 +55,8 @@ def chain(local_stack, data_yaml, tmp_path_factory):
     started = time.time() * 1000
     resumed = suite("--set", "imgsz=96,64")
     return {"client": client, "interrupted": output, "run_id": run_id, "before": before, "started": started,
-            "resumed": resumed, "unchanged": suite("--set", "imgsz=96,64"), "changed": suite("--set", "imgsz=96,32"),
+            "resumed": resumed, "unchanged": suite("--set", "imgsz=96,64", "-n", "2"),
+            "changed": suite("--set", "imgsz=96,32"),
             "rerun": suite("--set", "imgsz=96,32", "--rerun", "-k", "imgsz32")}
 
 
@@ -91,6 +92,11 @@ def test_an_unchanged_session_reuses_every_run(chain):
     unchanged, trained_in = chain["unchanged"], session_of(chain["resumed"].stdout)
     assert counts(unchanged) == "2 reused, 0 trained"
     assert "2 passed" in unchanged.stdout
+    # Found by the controller before any test: with nothing to train, -n 2 starts no worker.
+    lines = unchanged.stdout.splitlines()
+    assert "reuse: 2 of 2 configurations have a finished run with the same key (--rerun trains them again); " \
+           "nothing to train: the tests run in this process, no worker started" in lines
+    assert [line for line in lines if line.startswith(("created:", "[gw"))] == []
     runs = reused(unchanged)
     assert sorted(runs) == ["imgsz64", "imgsz96"] and runs["imgsz96"] == chain["run_id"]
     for test_id, run_id in runs.items():  # each run keeps the session that trained it
@@ -103,6 +109,8 @@ def test_an_unchanged_session_reuses_every_run(chain):
 
 def test_a_changed_key_retrains_only_its_points_and_rerun_retrains(chain):
     assert counts(chain["changed"]) == "1 reused, 1 trained"
+    assert "reuse: 1 of 2 configurations have a finished run with the same key (--rerun trains them again)" \
+        in chain["changed"].stdout.splitlines()
     assert list(reused(chain["changed"])) == ["imgsz96"]
     assert counts(chain["rerun"]) == "0 reused, 1 trained"
     assert reused(chain["rerun"]) == {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,12 +136,16 @@ def example_image(data_yaml: Path) -> Path:
 def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[str]:
     """What a finished experiment must show, read back from the server; [] if complete.
     `run`: the run as just read (a search result), saving one call."""
+    # Five independent reads, at once: a reused run is checked before its test passes.
+    with ThreadPoolExecutor(5) as pool:
+        history = pool.submit(client.get_metric_history, run_id, "mAP50-95")
+        listings = [pool.submit(client.list_artifacts, run_id, *folder) for folder in ((), ("plots",), ("weights",))]
+        run = run or pool.submit(client.get_run, run_id).result()
+        steps = sorted(m.step for m in history.result())
+        present = {a.path for listing in listings for a in listing.result()}
     problems = []
-    history = client.get_metric_history(run_id, "mAP50-95")
-    steps = sorted(m.step for m in history)
     if steps != list(range(1, epochs + 1)):
         problems.append(f"mAP50-95 logged at epochs {steps}, expected 1..{epochs}")
-    run = run or client.get_run(run_id)
     if run.info.status != "FINISHED":
         problems.append(f"status {run.info.status}, expected FINISHED")
     metrics = run.data.metrics
@@ -148,9 +153,6 @@ def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[
         value = metrics.get(f"best/{name}")
         if value is None or not math.isfinite(value) or not 0.0 <= value <= 1.0:
             problems.append(f"best/{name} = {value}, expected a finite value in [0, 1]")
-    present = {a.path for a in client.list_artifacts(run_id)}
-    for folder in ("plots", "weights"):
-        present |= {a.path for a in client.list_artifacts(run_id, folder)}
     missing = [a for a in REQUIRED_ARTIFACTS if a not in present]
     if missing:
         problems.append(f"artifacts missing: {', '.join(missing)}")

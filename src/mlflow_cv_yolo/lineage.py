@@ -110,11 +110,12 @@ def remote_url(project_root: Path, name: str | None = None) -> str | None:
         return None
 
 
-def push(project_root: Path, remote: str | None = None) -> int:
-    """Push the cached outputs to `remote` (default remote if None); returns files pushed."""
+def push(project_root: Path, remote: str | None = None, targets: list[str] | None = None) -> int:
+    """Push the cached outputs (`targets`: only those outputs) to `remote` (default
+    remote if None); returns files pushed."""
     try:
         with Repo(str(project_root)) as repo:
-            return repo.push(remote=remote)
+            return repo.push(targets=targets, remote=remote)
     except DvcException as exc:
         raise LineageError(f"dvc push from {project_root} to {remote or 'the default remote'} failed: "
                            f"{exc} (is the stack's S3 running?)") from None
@@ -219,11 +220,13 @@ def ensure_built(project_root: Path, log=print, out: str = DEFAULT_OUT) -> None:
 
 
 def publish(project_root: Path, state: DatasetState, *, url: str, endpoint_url: str, credential_path: Path,
-            log=print) -> str:
-    """Make the stack's S3 the DVC remote and push the locked data there, so any run's
+            log=print, out: str = DEFAULT_OUT) -> str:
+    """Make the stack's S3 the DVC remote and push the locked data `out` there, so any run's
     data can be pulled back by its digest; returns the remote URL."""
     configure_remote(project_root, url=url, endpoint_url=endpoint_url, credential_path=credential_path)
     if state.clean:
-        push(project_root)
+        # The dataset alone: the other stages' outputs (a checkpoint not built in this
+        # clone) would each print DVC's "missing cache files" warning.
+        push(project_root, targets=[out])
         log(f"dataset pushed to the DVC remote {url} at {endpoint_url}")
     return url

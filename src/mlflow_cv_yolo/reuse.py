@@ -6,6 +6,7 @@ new run is opened. `--rerun` skips the first, `--no-resume` the second."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,29 @@ def find_finished(client: MlflowClient, runs: list, *, epochs: int):
     return None
 
 
+def _finished(client: MlflowClient, config: RunConfig, info: SessionInfo, device: str | None) -> Start | None:
+    key = key_of(config, info, device)
+    run = find_finished(client, runs_with_key(client, info.experiment_id, key), epochs=config.epochs)
+    return None if run is None else Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
+
+
+def plan(client: MlflowClient, grid: list[RunConfig], info: SessionInfo, *, device: str | None) -> dict[str, list]:
+    """The configurations of `grid` that have a reusable FINISHED run, looked up by the
+    controller before any test runs, a few at once: config id -> [run id, key, the
+    session that trained it] (SessionInfo.reusable). A test whose key matches takes its
+    run from here without asking the server again; if every configuration is here,
+    the session trains nothing and needs no worker."""
+    with ThreadPoolExecutor(8) as pool:
+        found = pool.map(lambda config: (config.id, _finished(client, config, info, device)), grid)
+        return {config_id: [s.run_id, s.key, s.from_session] for config_id, s in found if s is not None}
+
+
 def start(client: MlflowClient, config: RunConfig, info: SessionInfo, *, rerun: bool = False,
           resume_runs: bool = True, device: str | None = "cpu") -> Start:
     key = key_of(config, info, device)
+    planned = info.reusable.get(config.id)
+    if not rerun and planned and planned[1] == key:
+        return Start(planned[0], REUSED, key, planned[2])
     runs = runs_with_key(client, info.experiment_id, key) if not rerun or resume_runs else []
     if not rerun:
         run = find_finished(client, runs, epochs=config.epochs)

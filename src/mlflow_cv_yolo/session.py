@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from . import (devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, reuse,
                tracking, weights)
 from .dataset_cache import DataSource
+from .executors import make_executor
 from .grid import RunConfig
 from .preflight import InputError
 from .promotion import Completeness, Decision
@@ -109,7 +110,9 @@ class Session:
         self._claim = None
         self._found: devices.Found | None = None
         self.devices: tuple[str, ...] = ()
-        self.workers = settings.workers  # xdist workers to start (devices.workers_to_start)
+        # xdist workers to start (devices.workers_to_start); 0: the tests run in this
+        # process, every configuration reusing a finished run (reuse.plan)
+        self.workers = settings.workers
         self._state_dir: Path | None = None
         self._ready_in = self._state_shown = ""
 
@@ -162,6 +165,7 @@ class Session:
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
             git_commit=commit, devices=self.devices, amp_check=amp_check, executor=self._executor(lineage), **lineage)
         self.info = dataclasses.replace(self.info, data_digest=reuse.data_digest(self.info))
+        self._plan_reuse(client)
         if self.info.dataset_md5:
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.
@@ -170,6 +174,18 @@ class Session:
                                                     else str(self.stack.state_dir))
         self._start_monitor(kind)
         return self.info
+
+    def _plan_reuse(self, client: MlflowClient) -> None:
+        """Look up the grid's reusable runs at once (reuse.plan). A session with nothing
+        to train starts no worker: a worker's start (its imports, its connection) costs
+        more than checking every reused run here."""
+        if self.settings.rerun:
+            return
+        placement = devices.place(0, max(1, self.workers), self.devices, devices.cpu_count())
+        device = make_executor(self.info.executor).device(placement)
+        self.info = dataclasses.replace(self.info, reusable=reuse.plan(client, self.grid, self.info, device=device))
+        if len(self.info.reusable) == len(self.grid):
+            self.workers = 0
 
     def _check_inputs(self, kind: str):
         """Everything that can be refused before a process starts or a file is written."""
@@ -322,8 +338,14 @@ class Session:
         data = f"data: {info.data}"
         if info.dataset_md5:
             data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
-        lines += [data, devices.describe(self.settings.device, self._found, self.devices, self.workers,
-                                         devices.cpu_count(), workers_asked=self.settings.workers)]
+        asked = self.settings.workers if self.workers else None  # none started: the reuse line says why
+        lines += [data, devices.describe(self.settings.device, self._found, self.devices, max(1, self.workers),
+                                         devices.cpu_count(), workers_asked=asked)]
+        if not self.settings.rerun:
+            lines.append(f"reuse: {len(info.reusable)} of {len(self.grid)} configurations have a finished run with "
+                         "the same key (--rerun trains them again)" + (
+                             "; nothing to train: the tests run in this process, no worker started"
+                             if self.workers == 0 else ""))
         if info.amp_check:
             lines += [f"  AMP check: {info.amp_check}"]
         return lines

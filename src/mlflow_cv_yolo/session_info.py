@@ -51,6 +51,9 @@ class SessionInfo:
     # Where runs train (executors.make_executor): {"kind": "local"}, or Ray's address,
     # resources per run and where nodes find the data.
     executor: dict = field(default_factory=lambda: {"kind": "local"})
+    # Configurations with a FINISHED run to reuse, found at the start (reuse.plan):
+    # config id -> [run id, run key, the session that trained it].
+    reusable: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,6 +12,7 @@ import math
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -94,13 +95,13 @@ def log_results(client: MlflowClient, run_id: str, result: TrainResult) -> None:
     best = rename(result.best_metrics)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(f"best/{k}", best[k], now, 0) for k in FINAL if k in best])
-    for name in ("results.csv", "args.yaml"):
-        client.log_artifact(run_id, str(result.save_dir / name))
-    for name in PLOTS:
-        if (result.save_dir / name).exists():
-            client.log_artifact(run_id, str(result.save_dir / name), artifact_path="plots")
-    client.log_artifact(run_id, str(result.best), artifact_path="weights")
-    client.log_artifact(run_id, str(result.last), artifact_path="weights")
+    files = [(result.save_dir / name, None) for name in ("results.csv", "args.yaml")]
+    files += [(result.save_dir / name, "plots") for name in PLOTS if (result.save_dir / name).exists()]
+    files += [(result.best, "weights"), (result.last, "weights")]
+    # A few uploads at once: one after another, they were most of a run's tracking time.
+    with ThreadPoolExecutor(6) as pool:
+        for upload in [pool.submit(client.log_artifact, run_id, str(path), folder) for path, folder in files]:
+            upload.result()
 
 
 def versions() -> dict[str, str]:
@@ -222,9 +223,11 @@ def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> l
 
 
 def histories(client: MlflowClient, runs: list[RunRecord], names: tuple[str, ...]) -> dict[str, dict]:
-    """run_id -> metric -> [(step, value)], for the report's curves."""
-    return {r.run_id: {n: [(m.step, m.value) for m in client.get_metric_history(r.run_id, n)
-                           if math.isfinite(m.value)] for n in names} for r in runs}
+    """run_id -> metric -> [(step, value)], for the report's curves (read a few at once)."""
+    with ThreadPoolExecutor(8) as pool:
+        read = {(r.run_id, n): pool.submit(client.get_metric_history, r.run_id, n) for r in runs for n in names}
+        return {r.run_id: {n: [(m.step, m.value) for m in read[r.run_id, n].result() if math.isfinite(m.value)]
+                           for n in names} for r in runs}
 
 
 def end_running(client: MlflowClient, experiment_id: str, session_id: str, *, status: str, reason: str,
