@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -105,9 +106,13 @@ def test_a_controller_killed_with_sigkill_takes_its_ray_instance_along(tmp_path,
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A cluster as a user starts one (`ray start --head`), on free ports, stopped after
-    with its whole process group."""
+def ray_head(tmp_path, monkeypatch):
+    """A cluster as a user starts one (`ray start --head`, in token mode with a token of
+    its own, which the sessions joining it get too), on free ports, stopped after with
+    its whole process group."""
+    token = tmp_path / "ray_auth_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     port = free_port()
     temp = Path(f"/tmp/cvray-test-{port}")
     ray = Path(sys.executable).with_name("ray")

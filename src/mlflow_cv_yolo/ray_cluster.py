@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -87,9 +88,15 @@ def use_token_auth() -> None:
     """Ray 2.5x+ clusters started where a token exists (~/.ray/auth_token) require it,
     but a driver that joins sends it only in token mode: the same rule `ray start`
     applies, set for this process and the xdist workers it starts."""
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in os.environ and (token.is_file() or os.environ.get("RAY_AUTH_TOKEN")):
+    if "RAY_AUTH_MODE" not in os.environ and has_token():
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def has_token() -> bool:
+    """Whether Ray finds a token here: RAY_AUTH_TOKEN, or the file RAY_AUTH_TOKEN_PATH
+    (default ~/.ray/auth_token) names."""
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or token.is_file()
 
 
 def connect(address: str, client_env: dict[str, str]) -> None:
@@ -147,6 +154,14 @@ class RayHead:
     def start(self, timeout: float = 120) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._temp_dir = Path(tempfile.mkdtemp(prefix="cvray-", dir="/tmp"))
+        if not has_token():
+            # `ray start` in token mode needs one and, unlike ray.init, makes none. A fresh
+            # one for this instance, outside the checkout, readable by this user only; this
+            # process and the workers it starts (they inherit the variable) join with it.
+            token = self._temp_dir / "auth_token"
+            token.touch(mode=0o600)
+            token.write_text(secrets.token_hex(32))
+            os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         self.port = free_port()
         ray = Path(sys.executable).with_name("ray")
         argv = [str(ray) if ray.exists() else "ray", "start", "--head", "--block", "--port", str(self.port),
