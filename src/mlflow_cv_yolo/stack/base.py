@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,17 @@ def write_aws_credentials(path: Path, access_key: str, secret_key: str) -> Path:
     return path
 
 
+def _one_at_a_time(log: Callable[[str], None]) -> Callable[[str], None]:
+    """Services starting together (Stack._run_together) log from their threads; print
+    writes a line and its newline apart, so two lines could run into one."""
+    lock = threading.Lock()
+
+    def write(text: str) -> None:
+        with lock:
+            log(text)
+    return write
+
+
 class Stack:
     """Starts its services in order; `stop()` stops the started ones in reverse,
     and a failing `start()` stops what it had already started. `state_dir` may be
@@ -122,7 +134,7 @@ class Stack:
 
     def __init__(self, state_dir: Path, log: Callable[[str], None] = print):
         self.state_dir = Path(state_dir).absolute() / self.kind
-        self.log = log
+        self.log = _one_at_a_time(log)
         self._started: list = []
 
     @property
