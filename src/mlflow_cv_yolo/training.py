@@ -114,6 +114,10 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
         yolo.add_callback(event, fn)
     cuda = device.startswith("cuda")
     if cuda:
+        # The caching allocator knows a device only once CUDA is initialised: before
+        # that, resetting its peak raises "Invalid device argument" (pytorch#49952;
+        # seen on an H200, the first time this ran on a GPU).
+        torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
         if amp and amp_checked is None:
             amp_checked = amp_check(device)
