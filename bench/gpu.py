@@ -24,6 +24,7 @@ import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,29 +37,33 @@ OUT = REPO / "bench" / "out"
 
 
 def _train(config, data: str, model: str, project: str, placement: devices.Placement, amp_checked: str | None,
-           slots: str) -> tuple[str, float]:
-    """One run in its own process; returns its id and best val mAP50-95."""
+           slots: str) -> tuple[str, tuple[float, float | None, bool]]:
+    """One run in its own process; returns its id, best val mAP50-95, torch's peak GPU
+    memory (MiB; None off CUDA) and whether the trainer used AMP."""
     with devices.slot(Path(slots), placement.slots):
         result = training.train(config, data=Path(data), model=model, project=Path(project),
                                 threads=placement.threads, device=placement.device,
                                 dataloader_workers=placement.dataloader_workers, amp=placement.kind == "cuda",
                                 amp_checked=amp_checked)
-    return config.id, result.best_metrics.get("metrics/mAP50-95(B)", float("nan"))
+    return config.id, (result.best_metrics.get("metrics/mAP50-95(B)", float("nan")), result.peak_gpu_memory_mb,
+                       result.amp)
 
 
 def _phase(configs, placements, args, model: str, amp_checked: str | None, folder: Path, *, at_once: bool):
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    # spawn: CUDA cannot be used in a forked child. An executor, not multiprocessing.Pool:
+    # a Pool's processes are daemons, which may not start the dataloader's workers.
+    context = multiprocessing.get_context("spawn")
     jobs = [(c, str(args.data), model, str(folder / c.id), p, amp_checked, str(folder / ".slots"))
             for c, p in zip(configs, placements)]
     start = time.monotonic()
     if at_once:
-        with context.Pool(len(jobs)) as pool:
-            results = pool.starmap(_train, jobs)
+        with ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
+            results = [f.result() for f in [pool.submit(_train, *job) for job in jobs]]
     else:
         results = []
         for job in jobs:  # a fresh process per run, one after another
-            with context.Pool(1) as pool:
-                results.append(pool.apply(_train, job))
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                results.append(pool.submit(_train, *job).result())
     return time.monotonic() - start, dict(results)
 
 
@@ -101,16 +106,22 @@ def main() -> None:
         packed = [devices.place(k, n, selected, cpus) for k in range(n)]
         packed_s, together = _phase(configs, packed, args, model.used, amp_checked, Path(tmp) / "packed",
                                     at_once=True)
-    same = {c.id: serial[c.id] == together[c.id] for c in configs}
+    same = {c.id: serial[c.id][0] == together[c.id][0] for c in configs}
     result = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": ", ".join(selected), "cores": cpus, "runs": n,
               "epochs": configs[0].epochs, "imgsz": sorted({c.imgsz for c in configs}), "data": str(args.data),
               "model": model.used, "serial_s": round(serial_s, 1), "packed_s": round(packed_s, 1),
               "ratio": round(packed_s / serial_s, 3), "placement": describe_packed(packed),
               "same_best_map": all(same.values()),
-              "best_map": {c.id: [serial[c.id], together[c.id]] for c in configs}}
+              "best_map": {c.id: [serial[c.id][0], together[c.id][0]] for c in configs},
+              "peak_gpu_memory_MiB": {c.id: [serial[c.id][1], together[c.id][1]] for c in configs},
+              "amp": sorted({str(r[2]) for r in (*serial.values(), *together.values())})}
     print(f"all {n} at once: {packed_s:.1f} s ({result['placement']})")
     print(f"packed / one at a time = {result['ratio']:.3f} on {result['device']} (aim on one GPU: <= 0.25); "
           f"best mAP50-95 the same both ways: {'yes' if result['same_best_map'] else 'NO: ' + str(result['best_map'])}")
+    peaks = [m for pair in result["peak_gpu_memory_MiB"].values() for m in pair if m is not None]
+    if peaks:
+        print(f"peak GPU memory a run (torch's allocation): {min(peaks):.0f}-{max(peaks):.0f} MiB; AMP used: "
+              f"{', '.join(result['amp'])}")
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "gpu.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
