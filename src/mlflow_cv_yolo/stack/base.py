@@ -173,13 +173,20 @@ class Stack:
         raise NotImplementedError
 
     def stop(self) -> None:
-        errors = []
-        while self._started:
-            service = self._started.pop()
+        """Every service at once: none needs another to stop, and one after another
+        they took the sum of their stops (MLflow's `mlflow server` leader alone takes
+        about 2 s to exit after its uvicorn)."""
+        services, self._started = self._started, []
+
+        def stop_one(service) -> str | None:
             try:
                 service.stop()
-            except Exception as exc:  # keep stopping the rest
-                errors.append(f"{type(service).__name__}: {exc}")
+            except Exception as exc:  # the others stop all the same
+                return f"{type(service).__name__}: {exc}"
+            return None
+
+        with ThreadPoolExecutor(max(1, len(services))) as pool:
+            errors = [e for e in pool.map(stop_one, services) if e]
         if errors:
             self.log("stack: some services did not stop cleanly: " + "; ".join(errors))
 
