@@ -88,6 +88,11 @@ class _Test:
         return self.phases.get("call") == "passed" and "failed" not in self.phases.values()
 
 
+def _dvc_remote(s3) -> str:
+    """Where a session's stack keeps the DVC remote: in its own S3."""
+    return f"s3://{s3.bucket}/dvc"
+
+
 def git_commit(root: Path) -> str | None:
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     return (result.stdout.strip() or None) if result.returncode == 0 else None
@@ -146,8 +151,20 @@ class Session:
         ready = f"{time.monotonic() - started:.1f} s"
         # This process's MLflow calls by URI (models:/..., runs:/...) resolve on this session's server.
         mlflow.set_tracking_uri(self.stack_info.tracking_uri)
-        lineage = self._publish_data(data_state)
+        # DVC's push of the dataset (about 2 s) overlaps the session's first tracking calls
+        # and the reuse lookups; it has ended when start() returns, before any run needs it.
+        with ThreadPoolExecutor(1) as pool:
+            pushed = pool.submit(self._push_data, data_state)
+            self._open(kind, choice, amp_check, self._lineage(data_state))
+            pushed.result()
+        self._ready_in, self._state_shown = ready, (f"{self._state_dir} (throwaway)" if s.fresh_stack
+                                                    else str(self.stack.state_dir))
+        self._start_monitor(kind)
+        return self.info
 
+    def _open(self, kind: str, choice: weights.ModelChoice, amp_check: str | None, lineage: dict) -> None:
+        """The session's parent run and SessionInfo, and the reuse plan."""
+        s = self.settings
         client = MlflowClient(self.stack_info.tracking_uri)
         try:
             experiment_id = tracking.ensure_experiment(client, s.experiment)
@@ -170,13 +187,9 @@ class Session:
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.
             experiment.log_dataset(client, parent.info.run_id, self.info)
-        self._ready_in, self._state_shown = ready, (f"{self._state_dir} (throwaway)" if s.fresh_stack
-                                                    else str(self.stack.state_dir))
-        self._start_monitor(kind)
-        return self.info
 
     def _plan_reuse(self, client: MlflowClient) -> None:
-        """Look up the grid's reusable runs at once (reuse.plan). A session with nothing
+        """Look up the grid's reusable runs (reuse.plan). A session with nothing
         to train starts no worker: a worker's start (its imports, its connection) costs
         more than checking every reused run here."""
         if self.settings.rerun:
@@ -271,19 +284,26 @@ class Session:
         return {"kind": "ray", "address": self.ray.address, "cpus_per_run": s.cpus_per_run,
                 "gpus_per_run": s.gpus_per_run, "data": dataclasses.asdict(source)}
 
-    def _publish_data(self, state) -> dict:
+    def _lineage(self, state) -> dict:
         """Lineage fields for the SessionInfo; {} for a dataset given with --data."""
         if state is None:
             return {}
         from . import lineage
 
-        source = "dvc.lock (this stack has no S3 for a DVC remote)"
         s3 = self.stack_info.s3
-        if s3 is not None:
-            source = lineage.publish(self.settings.root, state, url=f"s3://{s3.bucket}/dvc",
-                                     endpoint_url=s3.endpoint_url, credential_path=s3.credentials_file, log=self.log)
+        source = _dvc_remote(s3) if s3 is not None else "dvc.lock (this stack has no S3 for a DVC remote)"
         return {"dataset_md5": state.md5, "dataset_dirty": not state.clean, "dataset_source": source,
                 "dataset_lock_commit": lineage.lock_commit(self.settings.root)}
+
+    def _push_data(self, state) -> None:
+        """The stack's S3 becomes the DVC remote the lineage names, and gets the data."""
+        s3 = self.stack_info.s3
+        if state is None or s3 is None:
+            return
+        from . import lineage
+
+        lineage.publish(self.settings.root, state, url=_dvc_remote(s3), endpoint_url=s3.endpoint_url,
+                        credential_path=s3.credentials_file, log=self.log)
 
     def _end_dead_session(self, client: MlflowClient, experiment_id: str) -> None:
         """A controller killed with SIGKILL (OOM, a closed terminal) left its claim and
