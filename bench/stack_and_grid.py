@@ -70,10 +70,10 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
     from mlflow_cv_yolo.stack.local import LocalStack
 
     os.environ.update(CLIENT_ENV)  # the settings every process of a session has
-    spent = {"tracking": 0.0, "calls": 0}
+    spent = {"tracking": 0.0, "calls": 0, "by_call": {}}
     depth = [0]
 
-    def timed(fn):
+    def timed(fn, name: str):
         def wrapper(*args, **kwargs):
             # Nested calls count once; so do the calls of the threads a timed call starts.
             # MLflow's system-metrics thread logs beside the training, not in its way.
@@ -86,15 +86,17 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
                 return fn(*args, **kwargs)
             finally:
                 depth[0] -= 1
-                spent["tracking"] += time.perf_counter() - start
+                took = time.perf_counter() - start
+                spent["tracking"] += took
+                spent["by_call"][name] = round(spent["by_call"].get(name, 0.0) + took, 3)
         return wrapper
 
     for name, fn in list(vars(MlflowClient).items()):
         if callable(fn) and not name.startswith("_"):
-            setattr(MlflowClient, name, timed(fn))
-    reuse.start = timed(reuse.start)  # the key, the lookup, the run's opening
-    tracking.log_results = timed(tracking.log_results)
-    experiment.check_run = timed(experiment.check_run)
+            setattr(MlflowClient, name, timed(fn, name))
+    reuse.start = timed(reuse.start, "reuse.start")  # the key, the lookup, the run's opening
+    tracking.log_results = timed(tracking.log_results, "log_results")
+    experiment.check_run = timed(experiment.check_run, "check_run")
 
     # The default dataset's digest as the session finds it (from dvc.lock, without importing DVC here:
     # a worker imports it only for the dataset input).
@@ -118,7 +120,7 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
         for which, seed in (("first", 1), ("second", 2)):
             config = RunConfig(f"bench-{which}", {"model": "yolov8n.pt", "optimizer": "SGD", "epochs": epochs,
                                                   "batch": 8, "imgsz": imgsz, "lr0": 0.01, "seed": seed}, "bench")
-            spent.update(tracking=0.0, calls=0)
+            spent.update(tracking=0.0, calls=0, by_call={})
             start = time.perf_counter()
             opened = reuse.start(client, config, info)
             placement = devices.place(0, 1, (devices.CPU,), devices.cpu_count())
@@ -126,7 +128,8 @@ def overhead(epochs: int, imgsz: int, data: Path) -> dict:
             assert experiment.check_run(client, opened.run_id, epochs) == []
             train_s = time.perf_counter() - start - spent["tracking"]
             out[which] = {"train_s": round(train_s, 1), "tracking_s": round(spent["tracking"], 2),
-                          "calls": spent["calls"], "overhead_ratio": round(spent["tracking"] / train_s, 4)}
+                          "calls": spent["calls"], "overhead_ratio": round(spent["tracking"] / train_s, 4),
+                          "by_call": dict(sorted(spent["by_call"].items(), key=lambda kv: -kv[1]))}
             print(which, out[which], flush=True)
     return out
 
