@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -23,6 +24,7 @@ from helpers import (
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import ServiceError, choose, docker_engine_answers
+from mlflow_cv_yolo.stack.base import Stack
 from mlflow_cv_yolo.stack.embedded import EmbeddedStack
 from mlflow_cv_yolo.stack.external import ExternalStack
 from mlflow_cv_yolo.stack.local import LocalStack
@@ -104,6 +106,30 @@ def test_leftover_from_killed_session_is_stopped(tmp_path):
         assert lines == [f"sleeper: stopping process group {orphan} left by an earlier session"]
     finally:
         successor.stop()
+
+
+def test_stop_stops_every_service_at_once_and_names_one_that_fails(tmp_path):
+    """No service waits for another to stop, and one that raises leaves none running."""
+    together = threading.Barrier(3, timeout=10)  # three stops one after another would break it
+    stopped = []
+
+    class Service:
+        def __init__(self, name: str, error: str | None = None):
+            self.name, self.error = name, error
+
+        def stop(self) -> None:
+            together.wait()
+            stopped.append(self.name)
+            if self.error:
+                raise RuntimeError(self.error)
+
+    lines = []
+    stack = Stack(tmp_path, log=lines.append)
+    stack._started = [Service("mysql"), Service("s3", "port 9000 still bound"), Service("mlflow")]
+    stack.stop()
+    assert sorted(stopped) == ["mlflow", "mysql", "s3"]
+    assert lines == ["stack: some services did not stop cleanly: Service: port 9000 still bound"]
+    assert stack.services == []
 
 
 def test_mysql_port_taken_gives_one_clear_line(tmp_path):

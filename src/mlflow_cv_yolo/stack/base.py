@@ -125,7 +125,7 @@ def _one_at_a_time(log: Callable[[str], None]) -> Callable[[str], None]:
 
 
 class Stack:
-    """Starts its services in order; `stop()` stops the started ones in reverse,
+    """Starts its services in order; `stop()` stops the started ones all at once,
     and a failing `start()` stops what it had already started. `state_dir` may be
     relative: it is made absolute here, before any service (mariadbd resolves a
     relative datadir against its basedir) sees it."""
