@@ -16,6 +16,14 @@ def health(url: str, timeout: float = 2.0) -> bool:
         return response.status == 200
 
 
+def artifacts_answer(url: str, timeout: float = 30.0) -> bool:
+    """The artifact proxy lists the bucket's top folder: the server reaches its S3.
+    The server makes its S3 client at the first such request (0.3 s, and 1 s for
+    the first run's uploads when six came at once): made here, no run waits for it."""
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow-artifacts/artifacts", timeout=timeout) as response:
+        return response.status == 200
+
+
 class MLflowServer:
     """`mlflow server` (a leader that runs uvicorn as its child). The backend URI,
     which holds the database password, reaches it in the environment, never in argv."""
@@ -62,7 +70,7 @@ class MLflowServer:
             "--artifacts-destination", self.artifacts_destination,
             "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         self.process.start()
-        self.process.wait_ready(lambda: health(self.url), timeout=timeout)
+        self.process.wait_ready(lambda: health(self.url) and artifacts_answer(self.url), timeout=timeout)
         return self.url
 
     def alive(self) -> bool:
