@@ -6,7 +6,7 @@ the project's own stack code in a throwaway folder).
 
 Each level N starts N simulated runs at once (threads spread over --procs client
 processes, so the load generator's GIL is not the bottleneck): each creates its run,
-then logs one epoch's metrics (one log_batch of 14 metrics, as tracking.EpochLogger
+then logs one epoch's metrics (one log_batch of 14 metrics, as tracking.RunRecorder
 does) every --period seconds for --seconds, then ends its run. Per level: calls made
 against calls due (a server that falls behind delays them), latency p50/p95/max of
 log_batch, and the error rate (after the clients' own retries, CLIENT_ENV).

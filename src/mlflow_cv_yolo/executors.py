@@ -20,7 +20,7 @@ from .experiment import TrainRequest, train_into_run
 TAG_RAY_NODE = "ray.node"
 TAG_RAY_PID = "ray.worker_pid"  # the worker process training the run now (a retry changes it)
 # A worker or node that dies mid-task is tried again this often; each try trains into
-# the same run, whose epochs are logged once (tracking.EpochLogger).
+# the same run, whose epochs are logged once (tracking.RunRecorder).
 MAX_RETRIES = 3
 
 

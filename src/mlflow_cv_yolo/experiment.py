@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import DatasetInput, InputTag, Param
+from mlflow.entities import DatasetInput, InputTag, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
@@ -96,24 +96,24 @@ def train_into_run(request: TrainRequest, *, data: Path | None = None) -> None:
     info, run_id, place = request.info, request.run_id, request.placement
     client = MlflowClient(info.tracking_uri)
     try:
-        logger = tracking.EpochLogger(client, run_id)
-        amp = bool(request.config.values.get("amp", True)) and place.kind == "cuda"
-        if not request.resume:  # a continued run keeps the device it was opened with
-            client.log_param(run_id, "device", place.label)
-        if place.kind == "cuda":
-            client.set_tag(run_id, "amp.check", info.amp_check)
-        with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
-            result = training.train(request.config, data=data or Path(info.data), model=info.model_used,
-                                    project=Path(info.workdir), threads=place.threads, device=place.device,
-                                    dataloader_workers=place.dataloader_workers, amp=amp,
-                                    amp_checked=info.amp_check, callbacks=logger.callbacks,
-                                    resume=Path(request.resume) if request.resume else None)
-        if request.resume:  # the epoch ultralytics continued at, as its trainer says
-            client.set_tag(run_id, TAG_RESUMED_AT, str(result.start_epoch + 1))
-        client.set_tag(run_id, "amp", str(result.amp).lower())
-        if result.peak_gpu_memory_mb is not None:
-            client.log_metric(run_id, "peak_gpu_memory_MiB", result.peak_gpu_memory_mb)
-        tracking.log_results(client, run_id, result)
+        with tracking.RunRecorder(client, run_id) as recorder:
+            amp = bool(request.config.values.get("amp", True)) and place.kind == "cuda"
+            # A continued run keeps the device it was opened with.
+            params = [] if request.resume else [Param("device", place.label)]
+            tags = [RunTag("amp.check", str(info.amp_check))] if place.kind == "cuda" else []
+            if params or tags:
+                client.log_batch(run_id, params=params, tags=tags)
+            with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
+                result = training.train(request.config, data=data or Path(info.data), model=info.model_used,
+                                        project=Path(info.workdir), threads=place.threads, device=place.device,
+                                        dataloader_workers=place.dataloader_workers, amp=amp,
+                                        amp_checked=info.amp_check, callbacks=recorder.callbacks,
+                                        resume=Path(request.resume) if request.resume else None)
+            tags = {"amp": str(result.amp).lower()}
+            if request.resume:  # the epoch ultralytics continued at, as its trainer says
+                tags[TAG_RESUMED_AT] = str(result.start_epoch + 1)
+            peak = {} if result.peak_gpu_memory_mb is None else {"peak_gpu_memory_MiB": result.peak_gpu_memory_mb}
+            recorder.finish(result, metrics=peak, tags=tags)
     except KeyboardInterrupt:
         client.set_tag(run_id, tracking.TAG_END, "interrupted (Ctrl-C or SIGTERM) during training")
         client.set_terminated(run_id, "KILLED")

@@ -12,12 +12,12 @@ import math
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import mlflow
-from mlflow.entities import LifecycleStage, Metric
+from mlflow.entities import LifecycleStage, Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -54,20 +54,50 @@ def rename(metrics: dict[str, float]) -> dict[str, float]:
     return {METRIC_NAMES[k]: float(v) for k, v in metrics.items() if k in METRIC_NAMES}
 
 
-class EpochLogger:
-    """ultralytics callbacks that log every epoch to an MLflow run, step = epoch (1-based).
+class RunRecorder:
+    """Records one training into an MLflow run as it goes, through ultralytics callbacks:
+    every epoch's metrics (step = epoch, 1-based), then ultralytics' files (results,
+    plots, weights) and the best weights' metrics (`finish`).
+
+    The trainer does not wait on the server: each epoch's metrics and each file go in
+    the background, each file as soon as ultralytics will not write it again (the
+    weights once `final_eval` has stripped them, before it validates best.pt; that
+    validation's plots when it ends). `finish` uploads the rest, then waits for
+    everything and raises what failed (the failure policy above). Leaving the `with`
+    block waits for what is in flight, also when training failed, so the epochs done
+    stay recorded and no upload outlives its run.
 
     Epochs the run already holds are not logged again: a run trained once more into
     the same run id (a retried task, a resumed run) keeps each step once."""
+
+    UPLOADS = 4  # calls at once: one after another, they were most of a run's tracking time
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
         self._epoch_done = False
-        self.logged = {m.step for m in client.get_metric_history(run_id, "mAP50-95")}
+        self._trainer = None
+        self._logged: set[int] | None = None
+        self._epochs: list[Future] = []
+        self._uploads: dict[Path, Future] = {}
+        # Not MLflow's async logging (log_batch(synchronous=False)): its queue polls once a
+        # second, and set_terminated waited up to that second for it to shut down.
+        self._pool = ThreadPoolExecutor(self.UPLOADS, thread_name_prefix="run-recorder")
+
+    def __enter__(self) -> "RunRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)
+
+    @property
+    def callbacks(self) -> dict:
+        return {"on_train_epoch_end": self.on_train_epoch_end, "on_fit_epoch_end": self.on_fit_epoch_end,
+                "on_val_start": self.on_val_start, "on_val_end": self.on_val_end}
 
     def on_train_epoch_end(self, trainer) -> None:
         self._epoch_done = True
+        self._trainer = trainer
 
     def on_fit_epoch_end(self, trainer) -> None:
         # ultralytics fires this event once more after training, for best.pt's
@@ -75,33 +105,58 @@ class EpochLogger:
         if not self._epoch_done:
             return
         self._epoch_done = False
+        if self._logged is None:
+            self._logged = {m.step for m in self.client.get_metric_history(self.run_id, "mAP50-95")}
+        step = trainer.epoch + 1
+        if step in self._logged:
+            return
+        self._logged.add(step)
         values = {**rename(trainer.metrics), **trainer.label_loss_items(trainer.tloss, prefix="train"),
                   **trainer.lr}
         now = int(time.time() * 1000)
-        step = trainer.epoch + 1
-        if step in self.logged:
-            return
-        self.logged.add(step)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        self._epochs.append(self._pool.submit(self.client.log_batch, self.run_id,
+                                              metrics=[Metric(k, float(v), now, step) for k, v in values.items()]))
 
-    @property
-    def callbacks(self) -> dict:
-        return {"on_train_epoch_end": self.on_train_epoch_end, "on_fit_epoch_end": self.on_fit_epoch_end}
+    def _final_validation(self) -> bool:
+        # An epoch's validation comes between its train and fit ends; final_eval's after both.
+        return self._trainer is not None and not self._epoch_done
+
+    def on_val_start(self, validator) -> None:
+        if self._final_validation():
+            trainer = self._trainer
+            self._upload([(trainer.best, "weights"), (trainer.last, "weights"),
+                          (trainer.save_dir / "results.csv", None), (trainer.save_dir / "args.yaml", None)])
+
+    def on_val_end(self, validator) -> None:
+        if self._final_validation():
+            self._upload([(self._trainer.save_dir / name, "plots") for name in PLOTS if name != "results.png"])
+
+    def _upload(self, files: list[tuple[Path, str | None]]) -> None:
+        for path, folder in files:
+            if path not in self._uploads and path.exists():
+                self._uploads[path] = self._pool.submit(self.client.log_artifact, self.run_id, str(path), folder)
+
+    def finish(self, result: TrainResult, *, metrics: dict[str, float] | None = None,
+               tags: dict[str, str] | None = None) -> None:
+        """The best weights' metrics (and the caller's `metrics` and `tags`, in the same
+        call), every file not uploaded yet; then waits for all of it."""
+        best = rename(result.best_metrics)
+        now = int(time.time() * 1000)
+        values = [Metric(f"best/{k}", best[k], now, 0) for k in FINAL if k in best]
+        values += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+        self.client.log_batch(self.run_id, metrics=values, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        files = [(result.save_dir / name, None) for name in ("results.csv", "args.yaml")]
+        files += [(result.save_dir / name, "plots") for name in PLOTS]
+        self._upload(files + [(result.best, "weights"), (result.last, "weights")])
+        for done in [*self._epochs, *self._uploads.values()]:
+            done.result()
 
 
 def log_results(client: MlflowClient, run_id: str, result: TrainResult) -> None:
-    """Best-weights metrics and ultralytics' files (results, plots, weights) on the run.
+    """A finished training's results and files, recorded after the fact in one go.
     The loadable model is logged once, for the promotion candidate (`log_model`)."""
-    best = rename(result.best_metrics)
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"best/{k}", best[k], now, 0) for k in FINAL if k in best])
-    files = [(result.save_dir / name, None) for name in ("results.csv", "args.yaml")]
-    files += [(result.save_dir / name, "plots") for name in PLOTS if (result.save_dir / name).exists()]
-    files += [(result.best, "weights"), (result.last, "weights")]
-    # A few uploads at once: one after another, they were most of a run's tracking time.
-    with ThreadPoolExecutor(6) as pool:
-        for upload in [pool.submit(client.log_artifact, run_id, str(path), folder) for path, folder in files]:
-            upload.result()
+    with RunRecorder(client, run_id) as recorder:
+        recorder.finish(result)
 
 
 def versions() -> dict[str, str]:
