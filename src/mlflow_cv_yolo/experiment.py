@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import DatasetInput, InputTag, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
@@ -53,7 +53,7 @@ def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo, key: st
     run_id = client.create_run(info.experiment_id, run_name=config.id, tags=run_tags(config, info, key)).info.run_id
     try:
         client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(config, info).items()])
-        if info.dataset_md5:
+        if info.dataset:
             log_dataset(client, run_id, info)
     except BaseException:
         client.log_text(run_id, traceback.format_exc(), "error/traceback.txt")
@@ -62,14 +62,22 @@ def open_run(client: MlflowClient, config: RunConfig, info: SessionInfo, key: st
     return run_id
 
 
-def log_dataset(client: MlflowClient, run_id: str, info: SessionInfo) -> None:
-    """The session's DVC-versioned dataset as an input of the run (what mlflow.log_input
-    does for the active run, for a run by id)."""
+def dataset_fields(info: SessionInfo) -> dict:
+    """The session's DVC-versioned dataset as MLflow records it (the fields of an
+    `mlflow.entities.Dataset`: name "tiny_coco", the dvc.lock digest, a DVC source):
+    built once by the controller, so that a worker logs it without importing DVC."""
     from .lineage import dataset_input
 
-    dataset = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source, info.dataset_lock_commit)
+    entity = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source,
+                           info.dataset_lock_commit)._to_mlflow_entity()
+    return {name: getattr(entity, name) for name in ("name", "digest", "source_type", "source", "schema", "profile")}
+
+
+def log_dataset(client: MlflowClient, run_id: str, info: SessionInfo) -> None:
+    """The session's dataset (`dataset_fields`) as an input of the run (what
+    mlflow.log_input does for the active run, for a run by id)."""
     context = InputTag(MLFLOW_DATASET_CONTEXT, "training")
-    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
+    client.log_inputs(run_id, [DatasetInput(Dataset(**info.dataset), [context])])
 
 
 @dataclass(frozen=True)

@@ -182,11 +182,12 @@ class Session:
             model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
             git_commit=commit, devices=self.devices, amp_check=amp_check, executor=self._executor(lineage), **lineage)
         self.info = dataclasses.replace(self.info, data_digest=reuse.data_digest(self.info))
-        self._plan_reuse(client)
         if self.info.dataset_md5:
+            self.info = dataclasses.replace(self.info, dataset=experiment.dataset_fields(self.info))
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.
             experiment.log_dataset(client, parent.info.run_id, self.info)
+        self._plan_reuse(client)
 
     def _plan_reuse(self, client: MlflowClient) -> None:
         """Look up the grid's reusable runs (reuse.plan). A session with nothing

@@ -43,6 +43,7 @@ class SessionInfo:
     dataset_dirty: bool = False
     dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
     dataset_lock_commit: str | None = None
+    dataset: dict | None = None  # the DVC dataset every run logs as its input (experiment.dataset_fields)
     # The selected devices' labels (devices.select); worker k trains on devices[k % len].
     devices: tuple[str, ...] = ("cpu",)
     amp_check: str | None = None  # training.amp_check's verdict, once per session; None: not checked
