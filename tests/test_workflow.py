@@ -33,6 +33,21 @@ def test_workflow_runs_the_gate_with_the_secrets_and_uploads_the_report():
     assert "bash ci/gate.sh" in ci and "CV_YOLO_REQUIRE_DOCKER=1 python -m pytest tests" in ci
 
 
+def test_ci_and_the_workflow_run_the_readme_test_command():
+    """What the README tells a user to install and run is what CI installs and runs."""
+    readme = (REPO / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest tests" in line]
+    *_, install, tests = line.split(" && ")
+    assert (install, tests) == ('pip install -c requirements/constraints.txt -e ".[ray,test]"',
+                                "pytest tests -n 2 --dist loadfile")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'python -m pip install -q -c requirements/constraints.txt -e ".[ray,test]"' in ci
+    assert f"CV_YOLO_REQUIRE_DOCKER=1 python -m {tests} -p no:cacheprovider -rs" in ci
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["grid"]["steps"]
+    assert [step["run"] for step in steps if "pytest tests" in step.get("run", "")] == [
+        f"{tests} -p no:cacheprovider -rs"]
+
+
 def gate(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
     """ci/gate.sh as CI runs it, collecting only (no stack starts); the python on PATH is this one."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
