@@ -24,12 +24,13 @@ from helpers import (
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import ServiceError, choose, docker_engine_answers
-from mlflow_cv_yolo.stack.base import Stack
+from mlflow_cv_yolo.stack.base import Stack, start_mlflow_on
 from mlflow_cv_yolo.stack.embedded import EmbeddedStack
 from mlflow_cv_yolo.stack.external import ExternalStack
 from mlflow_cv_yolo.stack.local import LocalStack
-from mlflow_cv_yolo.stack.mysql import MySQLServer
-from mlflow_cv_yolo.stack.process import ServiceProcess
+from mlflow_cv_yolo.stack.mysql import MySQLEndpoint, MySQLServer
+from mlflow_cv_yolo.stack.process import ServiceProcess, free_port
+from mlflow_cv_yolo.stack.s3 import S3Endpoint
 
 
 def test_local_stack_records_in_mysql_and_s3(local_stack):
@@ -131,6 +132,18 @@ def test_stop_stops_every_service_at_once_and_names_one_that_fails(tmp_path):
     assert lines == ["stack: some services did not stop cleanly: Service: port 9000 still bound"]
     stack.stop()  # nothing is left to stop: the failed one too is off the list
     assert sorted(stopped) == ["mlflow", "mysql", "s3"]
+
+
+def test_a_database_that_refuses_the_mlflow_start_is_a_service_error(tmp_path):
+    """A database that answers its container's readiness check but not a connection
+    (seen under load in CI) is the stack's failure, one line, not a session traceback."""
+    port = free_port()
+    mysql = MySQLEndpoint("127.0.0.1", port, "mlflow", "pw", "mlflow")
+    s3 = S3Endpoint("http://127.0.0.1:9", "key", "secret", "mlflow")
+    with pytest.raises(ServiceError) as raised:
+        start_mlflow_on(Stack(tmp_path), mysql, s3, reset=lambda: None)
+    assert str(raised.value) == (f"mysql at 127.0.0.1:{port}: cannot connect: Can't connect to MySQL server on "
+                                 f"'127.0.0.1' ([Errno 111] Connection refused)")
 
 
 def test_mysql_port_taken_gives_one_clear_line(tmp_path):

@@ -1,8 +1,10 @@
 #!/bin/sh
 # A MySQL-compatible entrypoint for a Debian MariaDB image: applies the official
-# mysql image's MYSQL_* variables on first start and prints its readiness line
-# twice (temporary server, then the real one) on stderr, which is what testcontainers'
-# MySqlContainer waits for.
+# mysql image's MYSQL_* variables on first start. Like the official image, its log
+# says "ready for connections" twice, the second time only once the real server
+# listens: testcontainers' MySqlContainer waits for two. On first start the temporary
+# server says it once itself (an extra line of ours here made two before the real
+# server was up, and a test connecting at once under load was refused).
 set -eu
 datadir=/var/lib/mysql
 mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
@@ -11,7 +13,6 @@ if [ ! -d "$datadir/mysql" ]; then
   mariadbd --user=mysql --datadir="$datadir" --skip-networking --socket=/run/mysqld/init.sock &
   pid=$!
   until mariadb-admin --socket=/run/mysqld/init.sock ping >/dev/null 2>&1; do sleep 0.2; done
-  echo "[Note] mariadbd: ready for connections (temporary server for initialisation)" >&2
   {
     echo "ALTER USER 'root'@'localhost' IDENTIFIED BY '${MYSQL_ROOT_PASSWORD:-}';"
     echo "CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY '${MYSQL_ROOT_PASSWORD:-}';"

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
+import pymysql
+
 from .mlflow_server import MLflowServer
 from .mysql import MySQLEndpoint
+from .process import ServiceError
 from .s3 import S3Endpoint
 
 # MLflow clients' retries (read from the environment at each call by
@@ -222,7 +225,10 @@ def start_mlflow_on(stack: Stack, mysql: MySQLEndpoint, s3: S3Endpoint, reset: C
 
 
 def _has_tables(mysql: MySQLEndpoint) -> bool:
-    conn = mysql.connect()
+    try:
+        conn = mysql.connect()
+    except pymysql.err.OperationalError as exc:  # one line from the session, not a traceback
+        raise ServiceError(f"mysql at {mysql.host}:{mysql.port}: cannot connect: {exc.args[-1]}") from None
     try:
         with conn.cursor() as cur:
             return cur.execute("SHOW TABLES") > 0
