@@ -118,3 +118,12 @@ def test_a_failed_upload_fails_finish_and_the_others_still_end(tmp_path):
         recorder.finish(trainer.result())
     assert str(raised.value) == "upload of weights/last.pt failed"
     assert len(client.uploaded()) == 4 + len(VAL_PLOTS) + 1
+
+
+def test_finish_uploads_every_file_but_a_plot_even_if_missing_so_the_run_fails(tmp_path):
+    """A plot ultralytics did not draw is left out; a missing results file or checkpoint
+    is still uploaded, and the real client's upload of it raises."""
+    client, trainer = FakeClient(), FakeTrainer(tmp_path)  # no epoch: no weights, no results, no plots
+    with RunRecorder(client, "run") as recorder:
+        recorder.finish(trainer.result())
+    assert client.uploaded() == ["args.yaml", "results.csv", "weights/best.pt", "weights/last.pt"]

@@ -68,16 +68,15 @@ def dataset_fields(info: SessionInfo) -> dict:
     built once by the controller, so that a worker logs it without importing DVC."""
     from .lineage import dataset_input
 
-    entity = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source,
-                           info.dataset_lock_commit)._to_mlflow_entity()
-    return {name: getattr(entity, name) for name in ("name", "digest", "source_type", "source", "schema", "profile")}
+    dataset = dataset_input(Path.cwd(), info.dataset_md5, info.dataset_source, info.dataset_lock_commit)
+    return dataset._to_mlflow_entity().to_dictionary()
 
 
 def log_dataset(client: MlflowClient, run_id: str, info: SessionInfo) -> None:
     """The session's dataset (`dataset_fields`) as an input of the run (what
     mlflow.log_input does for the active run, for a run by id)."""
     context = InputTag(MLFLOW_DATASET_CONTEXT, "training")
-    client.log_inputs(run_id, [DatasetInput(Dataset(**info.dataset), [context])])
+    client.log_inputs(run_id, [DatasetInput(Dataset.from_dictionary(info.dataset), [context])])
 
 
 @dataclass(frozen=True)

@@ -122,18 +122,24 @@ class RunRecorder:
         return self._trainer is not None and not self._epoch_done
 
     def on_val_start(self, validator) -> None:
-        if self._final_validation():
-            trainer = self._trainer
-            self._upload([(trainer.best, "weights"), (trainer.last, "weights"),
-                          (trainer.save_dir / "results.csv", None), (trainer.save_dir / "args.yaml", None)])
+        if self._final_validation():  # all but the plots are final
+            self._upload([(path, folder) for path, folder in self._files() if folder != "plots"], only_existing=True)
 
     def on_val_end(self, validator) -> None:
-        if self._final_validation():
-            self._upload([(self._trainer.save_dir / name, "plots") for name in PLOTS if name != "results.png"])
+        if self._final_validation():  # its plots are written; results.png comes after
+            self._upload([(path, folder) for path, folder in self._files() if folder == "plots"
+                          and path.name != "results.png"], only_existing=True)
 
-    def _upload(self, files: list[tuple[Path, str | None]]) -> None:
+    def _files(self, result: TrainResult | None = None) -> list[tuple[Path, str | None]]:
+        """ultralytics' files a run keeps, with the artifact folder of each."""
+        save_dir, best, last = ((result.save_dir, result.best, result.last) if result else
+                                (self._trainer.save_dir, self._trainer.best, self._trainer.last))
+        return [(save_dir / "results.csv", None), (save_dir / "args.yaml", None),
+                *[(save_dir / name, "plots") for name in PLOTS], (best, "weights"), (last, "weights")]
+
+    def _upload(self, files: list[tuple[Path, str | None]], *, only_existing: bool = False) -> None:
         for path, folder in files:
-            if path not in self._uploads and path.exists():
+            if path not in self._uploads and (path.exists() or not only_existing):
                 self._uploads[path] = self._pool.submit(self.client.log_artifact, self.run_id, str(path), folder)
 
     def finish(self, result: TrainResult, *, metrics: dict[str, float] | None = None,
@@ -145,9 +151,8 @@ class RunRecorder:
         values = [Metric(f"best/{k}", best[k], now, 0) for k in FINAL if k in best]
         values += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         self.client.log_batch(self.run_id, metrics=values, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
-        files = [(result.save_dir / name, None) for name in ("results.csv", "args.yaml")]
-        files += [(result.save_dir / name, "plots") for name in PLOTS]
-        self._upload(files + [(result.best, "weights"), (result.last, "weights")])
+        # Every file but a plot must be there: a missing one fails the run, as its upload raises.
+        self._upload([(path, folder) for path, folder in self._files(result) if folder != "plots" or path.exists()])
         for done in [*self._epochs, *self._uploads.values()]:
             done.result()
 
