@@ -1,1 +1,1 @@
-pytest_plugins = ("fixtures.options", "fixtures.session", "fixtures.grid")
+pytest_plugins = ("fixtures.options", "fixtures.controller", "fixtures.runs")

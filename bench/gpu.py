@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # the checkout's code, installed or not
 
-from mlflow_cv_yolo import devices, training, weights  # noqa: E402  (none of them imports MLflow)
-from mlflow_cv_yolo.grid import expand, load_grid  # noqa: E402
+from mlflow_cv_yolo.train import devices, training, weights  # noqa: E402  (none of them imports MLflow)
+from mlflow_cv_yolo.train.grid import expand, load_grid  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the grid's epochs")
     parser.add_argument("--imgsz", type=int, default=None, help="override the grid's imgsz (e.g. 64 for a smoke test)")
     parser.add_argument("--grid", type=Path, default=REPO / "experiments" / "grid.yaml")
-    parser.add_argument("--data", type=Path, default=REPO / "tests" / "data" / "tiny_coco.yaml",
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "coco_persons.yaml",
                         help="dataset yaml (default: the repository's 60 tiny_coco images)")
     args = parser.parse_args()
 

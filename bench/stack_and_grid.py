@@ -69,8 +69,8 @@ def overhead(epochs: int, imgsz: int, data: Path, repeat: int) -> dict:
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from mlflow_cv_yolo import experiment
-    from mlflow_cv_yolo.session_info import CLIENT_ENV, SessionInfo
+    from mlflow_cv_yolo.runs import training_run
+    from mlflow_cv_yolo.handoff import CLIENT_ENV, SessionInfo
     from mlflow_cv_yolo.stack.local import LocalStack
 
     os.environ.update(CLIENT_ENV)  # the settings every process of a session has
@@ -91,8 +91,8 @@ def overhead(epochs: int, imgsz: int, data: Path, repeat: int) -> dict:
                            workdir=str(Path(tmp) / "runs"), parent_run_id=parent, dataset_md5=md5,
                            dataset_source="bench" if md5 else None)
         if md5:
-            info = dataclasses.replace(info, dataset=experiment.dataset_fields(info))
-            experiment.log_dataset(client, parent, info)
+            info = dataclasses.replace(info, dataset=training_run.dataset_fields(info))
+            training_run.log_dataset(client, parent, info)
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             out.update(pool.apply(_timed_runs, (info.to_dict(), epochs, imgsz, repeat)))
     return out
@@ -103,9 +103,10 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
     nested ones once."""
     from mlflow.tracking import MlflowClient
 
-    from mlflow_cv_yolo import devices, experiment, reuse, tracking, training
-    from mlflow_cv_yolo.grid import RunConfig
-    from mlflow_cv_yolo.session_info import SessionInfo
+    from mlflow_cv_yolo.runs import reuse, tracking, training_run
+    from mlflow_cv_yolo.train import devices, training
+    from mlflow_cv_yolo.train.grid import RunConfig
+    from mlflow_cv_yolo.handoff import SessionInfo
 
     spent = {"tracking": 0.0, "calls": 0, "by_call": {}}
     depth = [0]
@@ -135,7 +136,7 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
             setattr(MlflowClient, name, timed(fn, name))
     reuse.start = timed(reuse.start, "reuse.start")  # the key, the lookup, the run's opening
     tracking.RunRecorder.finish = timed(tracking.RunRecorder.finish, "finish")  # the results, waiting for the files
-    experiment.check_run = timed(experiment.check_run, "check_run")
+    training_run.check_run = timed(training_run.check_run, "check_run")
 
     info = SessionInfo.from_dict(info)
     client = MlflowClient(info.tracking_uri)
@@ -147,8 +148,8 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
         start = time.perf_counter()
         opened = reuse.start(client, config, info)
         placement = devices.place(0, 1, (devices.CPU,), devices.cpu_count())
-        experiment.train_into_run(experiment.TrainRequest(opened.run_id, config, info, placement))
-        assert experiment.check_run(client, opened.run_id, epochs) == []
+        training_run.train_into_run(training_run.TrainRequest(opened.run_id, config, info, placement))
+        assert training_run.check_run(client, opened.run_id, epochs) == []
         train_s = time.perf_counter() - start - spent["tracking"]
         out[which] = {"train_s": round(train_s, 1), "tracking_s": round(spent["tracking"], 2),
                       "calls": spent["calls"], "overhead_ratio": round(spent["tracking"] / train_s, 4),
@@ -164,8 +165,8 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
     for i in range(repeat):
         start = time.perf_counter()
         opened = reuse.start(client, config, info, rerun=True)
-        experiment.train_into_run(experiment.TrainRequest(opened.run_id, config, info, placement))
-        assert experiment.check_run(client, opened.run_id, epochs) == []
+        training_run.train_into_run(training_run.TrainRequest(opened.run_id, config, info, placement))
+        assert training_run.check_run(client, opened.run_id, epochs) == []
         walls["tracked"].append(round(time.perf_counter() - start, 2))
         start = time.perf_counter()
         training.train(config, data=Path(info.data), model=info.model_used,

@@ -73,7 +73,7 @@ def _one_run(uri: str, experiment_id: str, period: float, seconds: float, start_
 
 
 def _client_process(uri: str, experiment_id: str, runs: int, period: float, seconds: float, start_at: float) -> list:
-    from mlflow_cv_yolo.session_info import CLIENT_ENV
+    from mlflow_cv_yolo.handoff import CLIENT_ENV
 
     os.environ.update(CLIENT_ENV)
     out: list = []

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
     sys.path.insert(0, str(REPO / "src"))
-    from mlflow_cv_yolo import devices
+    from mlflow_cv_yolo.train import devices
     from mlflow_cv_yolo.stack.local import LocalStack
 
     walls: dict[int, list[float]] = {n: [] for n in args.workers}

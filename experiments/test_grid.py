@@ -3,7 +3,7 @@
 Each test trains its configuration as an MLflow run and checks, from what the
 tracking server recorded, that the experiment finished completely."""
 
-from mlflow_cv_yolo.experiment import check_run
+from mlflow_cv_yolo.runs.training_run import check_run
 
 
 def test_grid(run_config, train_tracked, mlflow_client):

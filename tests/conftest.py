@@ -1,4 +1,4 @@
-"""Shared fixtures of the project's own tests: real data (carried in tests/data), a
+"""Shared fixtures of the project's own tests: real data (data/coco_persons), a
 real tracking stack, and each test's MLflow settings put back after it."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlflow_cv_yolo.session_info import CLIENT_ENV
+from mlflow_cv_yolo.handoff import CLIENT_ENV
 from mlflow_cv_yolo.stack.local import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
+DATA = REPO / "data"
 os.environ.update(CLIENT_ENV)  # this process's own MLflow clients download through the server too
 
 
@@ -35,13 +35,13 @@ def _mlflow_settings_restored():
 @pytest.fixture(scope="session")
 def tiny_coco() -> Path:
     """60 real COCO person images, carried in the repository (see its README)."""
-    return DATA / "tiny_coco"
+    return DATA / "coco_persons"
 
 
 @pytest.fixture(scope="session")
 def data_yaml() -> Path:
-    """The dataset yaml over tests/data/tiny_coco."""
-    return DATA / "tiny_coco.yaml"
+    """The dataset yaml over data/coco_persons."""
+    return DATA / "coco_persons.yaml"
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ def _count(text: str) -> int:
 
 
 def _dataset_build(args: argparse.Namespace) -> int:
-    from .dataset import DatasetError, build_dataset
+    from mlflow_cv_yolo.data.build import DatasetError, build_dataset
 
     try:
         build_dataset(args.source, args.out, args.yaml, counts=(args.train, args.val, args.test),
@@ -51,7 +51,7 @@ def _add_dataset(commands: argparse._SubParsersAction) -> None:
 
 
 def _checkpoint_build(args: argparse.Namespace) -> int:
-    from .checkpoint import build_checkpoint
+    from mlflow_cv_yolo.train.pretrain import build_checkpoint
 
     if not args.data.is_file():
         print(f"error: --data {args.data}: dataset yaml not found", file=sys.stderr)
@@ -79,8 +79,8 @@ def _add_checkpoint(commands: argparse._SubParsersAction) -> None:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from . import interrupts
-    from .stack import ServiceError, make_stack
+    from mlflow_cv_yolo.train import interrupts
+    from mlflow_cv_yolo.stack import ServiceError, make_stack
 
     # SIGTERM too becomes a KeyboardInterrupt, so that `with stack` stops every
     # service (they run in their own sessions: no signal reaches them otherwise).

@@ -14,13 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from .yolo_format import DatasetError, check_split
+from mlflow_cv_yolo.data.yolo_format import DatasetError, check_split
+from mlflow_cv_yolo.errors import InputError
 
 SPLITS = ("train", "val", "test")
-
-
-class InputError(ValueError):
-    """An option, file or value the session cannot use; the message is one line naming it."""
 
 
 def shown_uri(uri: str) -> str:

@@ -1,7 +1,7 @@
 """One experiment session, from its stack's start to its promotion decision.
 
 Like pytest-xdist's DSession, this object owns a session's whole life on the
-controller (or the only process); the pytest plugin (fixtures/session.py) calls one
+controller (or the only process); the pytest plugin (fixtures/controller.py) calls one
 method a hook, in this order:
 
 1. `start()`      check every input, start the stack and resolve the weights, put the
@@ -32,48 +32,25 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from . import (devices, experiment, interrupts, preflight, progress, promotion, ranking, ray_cluster, report, reuse,
-               tracking, weights)
-from .dataset_cache import DataSource
-from .executors import make_executor
-from .grid import RunConfig
-from .preflight import InputError
-from .promotion import Completeness, Decision
-from .session_info import SessionInfo
-from .settings import Settings
-from .stack import ServiceError, StackInfo, choose, make_stack
-from .stack.claim import StackInUse, claim
+from mlflow_cv_yolo import preflight
+from mlflow_cv_yolo.decide import promotion, ranking
+from mlflow_cv_yolo.present import progress, report
+from mlflow_cv_yolo.runs import reuse, tracking, training_run
+from mlflow_cv_yolo.train import devices, interrupts, ray_cluster, weights
+from mlflow_cv_yolo.data.node_cache import DataSource
+from mlflow_cv_yolo.runs.executors import make_executor
+from mlflow_cv_yolo.train.grid import RunConfig
+from mlflow_cv_yolo.preflight import InputError
+from mlflow_cv_yolo.decide.conclusion import Conclusion
+from mlflow_cv_yolo.decide.promotion import Completeness
+from mlflow_cv_yolo.handoff import SessionInfo
+from mlflow_cv_yolo.settings import Settings
+from mlflow_cv_yolo.stack import ServiceError, StackInfo, choose, make_stack
+from mlflow_cv_yolo.stack.claim import StackInUse, claim
+from mlflow_cv_yolo.errors import StackError
 
-# Exit status of a session whose tracking stack could not start, or died and could
-# not be restarted (pytest's own statuses are 0-5).
-STACK_FAILED = 6
 CURVES = ("mAP50-95", "train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss",
           "val/dfl_loss")
-
-
-class StackError(RuntimeError):
-    """The tracking stack could not be started; one line (and a service's log tail)."""
-
-
-@dataclass(frozen=True)
-class Conclusion:
-    """What `finish()` found; the plugin prints it and sets the exit status from it."""
-
-    decision: Decision | None = None
-    report: Path | None = None
-    record: Path | None = None
-    links: dict[str, str] = field(default_factory=dict)  # name -> MLflow UI URL
-    counts: str = ""  # "6 reused, 2 trained (1 resumed)"
-    reused: tuple[tuple[str, str, str], ...] = ()  # (test id, the session that trained it, its run's URL)
-    error: str | None = None          # the conclusion itself crashed (a traceback)
-    stack_failure: str | None = None  # the stack died mid-session and could not be restarted
-
-    def exit_status(self, pytest_status: int) -> int:
-        if self.stack_failure:
-            return STACK_FAILED
-        if pytest_status != 0:
-            return pytest_status
-        return 1 if self.error or (self.decision is not None and self.decision.blocks_the_gate) else 0
 
 
 @dataclass
@@ -183,10 +160,10 @@ class Session:
             git_commit=commit, devices=self.devices, amp_check=amp_check, executor=self._executor(lineage), **lineage)
         self.info = dataclasses.replace(self.info, data_digest=reuse.data_digest(self.info))
         if self.info.dataset_md5:
-            self.info = dataclasses.replace(self.info, dataset=experiment.dataset_fields(self.info))
+            self.info = dataclasses.replace(self.info, dataset=training_run.dataset_fields(self.info))
             # Recorded once here, before any worker: the tracking store creates a dataset on
             # first use, and workers creating it at once collide on its unique key.
-            experiment.log_dataset(client, parent.info.run_id, self.info)
+            training_run.log_dataset(client, parent.info.run_id, self.info)
         self._plan_reuse(client)
 
     def _plan_reuse(self, client: MlflowClient) -> None:
@@ -219,7 +196,7 @@ class Session:
             preflight.check_tracking_uri(uri)
         data_state = None
         if s.default_data:
-            from . import lineage  # DVC is slow to import; only the default dataset needs it
+            from mlflow_cv_yolo.data import lineage  # DVC is slow to import; only the default dataset needs it
 
             try:
                 lineage.ensure_built(s.root, log=self.log)
@@ -239,7 +216,7 @@ class Session:
         device = self.devices[0].split()[0]
         if not device.startswith("cuda") or not any(c.values.get("amp", True) for c in self.grid):
             return None
-        from . import training
+        from mlflow_cv_yolo.train import training
 
         return training.amp_check(device)
 
@@ -257,7 +234,7 @@ class Session:
         tracking server cannot serve is refused before anything else starts."""
         if self.settings.executor.kind != "ray":
             return
-        from .session_info import CLIENT_ENV
+        from mlflow_cv_yolo.handoff import CLIENT_ENV
 
         self.ray = ray_cluster.RayCluster(self.settings.executor, dict(CLIENT_ENV), self._state_dir / "ray",
                                           log=self.log)
@@ -273,7 +250,7 @@ class Session:
         s3 = self.stack_info.s3
         source = DataSource(yaml_path=str(data), yaml_text=data.read_text(), md5=lineage.get("dataset_md5"))
         if source.md5 and s3 is not None:
-            from . import lineage as dvc_lineage
+            from mlflow_cv_yolo.data import lineage as dvc_lineage
 
             out = self.settings.root / dvc_lineage.DEFAULT_OUT
             source = dataclasses.replace(
@@ -289,7 +266,7 @@ class Session:
         """Lineage fields for the SessionInfo; {} for a dataset given with --data."""
         if state is None:
             return {}
-        from . import lineage
+        from mlflow_cv_yolo.data import lineage
 
         s3 = self.stack_info.s3
         source = _dvc_remote(s3) if s3 is not None else "dvc.lock (this stack has no S3 for a DVC remote)"
@@ -301,7 +278,7 @@ class Session:
         s3 = self.stack_info.s3
         if state is None or s3 is None:
             return
-        from . import lineage
+        from mlflow_cv_yolo.data import lineage
 
         lineage.publish(self.settings.root, state, url=_dvc_remote(s3), endpoint_url=s3.endpoint_url,
                         credential_path=s3.credentials_file, log=self.log)
@@ -322,7 +299,7 @@ class Session:
     def _start_monitor(self, kind: str) -> None:
         if kind == "external":
             return
-        from .stack.monitor import HealthMonitor
+        from mlflow_cv_yolo.stack.monitor import HealthMonitor
 
         self.monitor = HealthMonitor(self.stack, log=self.log, on_failure=self._stack_failed)
         self.monitor.start()

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .grid import RunConfig, expand, load_grid
-from .promotion import Criteria
+from mlflow_cv_yolo.train.grid import RunConfig, expand, load_grid
+from mlflow_cv_yolo.decide.promotion import Criteria
+from mlflow_cv_yolo.train.ray_cluster import ExecutorSettings
 
 
 def fraction(text: str) -> float:
@@ -62,17 +63,6 @@ def cpus(text: str) -> float:
     if not 0.0 < value < float("inf"):
         raise ValueError(f"{text} is not a finite number > 0")
     return value
-
-
-@dataclass(frozen=True)
-class ExecutorSettings:
-    """Where training runs: in the test's process, or as Ray tasks. Workers get what
-    they need of it, resolved (the cluster's address), in SessionInfo.executor."""
-
-    kind: str = "local"
-    ray_address: str | None = None  # None: a Ray instance the session starts on this machine
-    cpus_per_run: float = 1.0
-    gpus_per_run: float = 0.0
 
 
 @dataclass(frozen=True)

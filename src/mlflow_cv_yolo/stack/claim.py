@@ -12,12 +12,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from mlflow_cv_yolo.errors import StackInUse
 
 CLAIM_FILE = "owner.json"
-
-
-class StackInUse(RuntimeError):
-    """The folder belongs to a live session; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Callable
-
-
-class ServiceError(RuntimeError):
-    """A service that would not start; the message names it and quotes its log."""
+from mlflow_cv_yolo.errors import ServiceError
 
 
 def free_port() -> int:

@@ -1,0 +1,77 @@
+"""The end of a session in the terminal: the runs table, the criteria, the decision
+and where the records are. Lines with pytest's markup ({"red": True, ...}); the
+plugin writes them."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from mlflow_cv_yolo.decide.promotion import failure_line
+from mlflow_cv_yolo.decide.conclusion import STACK_FAILED, Conclusion
+
+Line = tuple[str, dict]
+RED, GREEN = {"red": True, "bold": True}, {"green": True, "bold": True}
+COLUMNS = ("name", "status", "epochs", "imgsz", "lr0", "seed", "mAP50-95", "mAP50", "precision", "recall")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def title(conclusion: Conclusion) -> str | None:
+    """The separator line's text, or None when there is nothing to say."""
+    if conclusion.stack_failure:
+        return "tracking stack failed"
+    if conclusion.error:
+        return "promotion hook crashed"
+    if conclusion.decision is not None:
+        return f"experiment grid — session {conclusion.decision.session}"
+    return None
+
+
+def lines(conclusion: Conclusion) -> Iterator[Line]:
+    if conclusion.stack_failure:
+        yield conclusion.stack_failure, RED
+        yield f"not promoted: the tracking stack could not be kept up (exit status {STACK_FAILED})", RED
+        return
+    if conclusion.error:
+        yield conclusion.error, {}
+        return
+    decision = conclusion.decision
+    if decision is None:
+        return
+    columns = COLUMNS + tuple(c for c in ("test/mAP50-95", "reused from") if any(c in row for row in decision.table))
+    widths = {c: max(len(c), *(len(_cell(row.get(c))) for row in decision.table)) for c in columns}
+    yield "  ".join(c.ljust(widths[c]) for c in columns), {}
+    for row in decision.table:
+        yield "  ".join(_cell(row.get(c)).ljust(widths[c]) for c in columns), {}
+    yield "", {}
+    if conclusion.counts:
+        yield conclusion.counts, {}
+    for name, session, url in conclusion.reused:
+        yield f"  {name}: reused from session {session} {url}", {}
+    if decision.noise:
+        yield f"seed noise: {decision.noise}", {}
+    if decision.scope:
+        yield decision.scope, {}
+    for c in decision.criteria:
+        value = "—" if c.value is None else f"{c.value:.4f}"
+        threshold = "—" if c.threshold is None else f"{c.threshold:.4f}"
+        yield f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {value} (threshold {threshold}) {c.note}", {}
+    if decision.outcome == "promoted":
+        yield (f"decision: PROMOTED {decision.candidate} -> {decision.registered_model} "
+               f"v{decision.version} @{decision.alias}"), GREEN
+    elif decision.outcome == "skipped":
+        yield "decision: skipped (--no-promote)", {}
+    elif decision.outcome == "kept":
+        yield f"decision: {decision.reason}", GREEN
+    else:
+        yield f"decision: {decision.reason}", RED
+        if decision.failed:
+            yield failure_line(decision), RED
+    yield f"decision record: {conclusion.record}", {}
+    yield f"report: {conclusion.report}", {}
+    for name, url in conclusion.links.items():
+        yield f"mlflow {name}: {url}", {}
