@@ -28,8 +28,9 @@ from stack_and_grid import _env, _pytest  # noqa: E402
 
 def session(args: list[str]) -> dict:
     start = time.monotonic()
-    proc = subprocess.Popen(_pytest(*args), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        _pytest(*args), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     ready, lines = None, []
     for line in proc.stdout:
         lines.append(line)
@@ -37,34 +38,61 @@ def session(args: list[str]) -> dict:
             ready = time.monotonic() - start
     proc.wait()
     wall = time.monotonic() - start
-    counts = next((l.strip() for l in lines if re.match(r"\d+ reused, \d+ trained", l)), None)
+    counts = next((line.strip() for line in lines if re.match(r"\d+ reused, \d+ trained", line)), None)
     if proc.returncode != 0:
         sys.stdout.write("".join(lines[-40:]))
-    return {"wall_s": round(wall, 1), "stack_ready_s": round(ready, 1) if ready else None,
-            "after_ready_s": round(wall - ready, 1) if ready else None, "counts": counts, "exit": proc.returncode}
+    return {
+        "wall_s": round(wall, 1),
+        "stack_ready_s": round(ready, 1) if ready else None,
+        "after_ready_s": round(wall - ready, 1) if ready else None,
+        "counts": counts,
+        "exit": proc.returncode,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="local", choices=("local", "embedded"))
     parser.add_argument("-n", "--workers", default="2")
-    parser.add_argument("--state", type=Path, default=None, help="keep the stack, runs and reports here (default: a "
-                        "throwaway folder); with --second-only, time one more unchanged session on it")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="keep the stack, runs and reports here (default: a "
+        "throwaway folder); with --second-only, time one more unchanged session on it",
+    )
     parser.add_argument("--second-only", action="store_true")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="arguments for both sessions (after --)")
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
     with tempfile.TemporaryDirectory() as throwaway:
         tmp = args.state or throwaway
-        common = ["--stack", args.stack, "--stack-dir", f"{tmp}/stack", "--reports-dir", f"{tmp}/reports",
-                  "--runs-dir", f"{tmp}/runs", "-n", args.workers, *extra]
+        common = [
+            "--stack",
+            args.stack,
+            "--stack-dir",
+            f"{tmp}/stack",
+            "--reports-dir",
+            f"{tmp}/reports",
+            "--runs-dir",
+            f"{tmp}/runs",
+            "-n",
+            args.workers,
+            *extra,
+        ]
         first = None if args.second_only else session(common)
         print("first", first, flush=True)
         second = session(common)
         print("second", second, flush=True)
-    result = {"stack": args.stack, "workers": args.workers, "args": extra, "first": first, "second": second,
-              "second_over_first": round(second["wall_s"] / first["wall_s"], 3) if first else None,
-              "second_within_aim": bool(second["after_ready_s"] is not None and second["after_ready_s"] <= 10.0)}
+    result = {
+        "stack": args.stack,
+        "workers": args.workers,
+        "args": extra,
+        "first": first,
+        "second": second,
+        "second_over_first": round(second["wall_s"] / first["wall_s"], 3) if first else None,
+        "second_within_aim": bool(second["after_ready_s"] is not None and second["after_ready_s"] <= 10.0),
+    }
     print(json.dumps(result), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "reuse.jsonl", "a") as f:

@@ -42,16 +42,36 @@ def startup(providers: list[str]) -> dict:
     for kind in providers:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.monotonic()
-            proc = subprocess.Popen(_pytest("--stack", kind, "--stack-dir", tmp, "-k", "no_such_test", "--no-promote",
-                                            "--reports-dir", tmp, "--runs-dir", tmp),
-                                    cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                _pytest(
+                    "--stack",
+                    kind,
+                    "--stack-dir",
+                    tmp,
+                    "-k",
+                    "no_such_test",
+                    "--no-promote",
+                    "--reports-dir",
+                    tmp,
+                    "--runs-dir",
+                    tmp,
+                ),
+                cwd=REPO,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             ready = None
             for line in proc.stdout:
                 if ready is None and line.startswith("  ready in:"):
                     ready = time.monotonic() - start
             proc.wait()
-            results[kind] = {"pytest_start_to_ready_s": round(ready, 1) if ready else None,
-                             "whole_session_s": round(time.monotonic() - start, 1), "exit": proc.returncode}
+            results[kind] = {
+                "pytest_start_to_ready_s": round(ready, 1) if ready else None,
+                "whole_session_s": round(time.monotonic() - start, 1),
+                "exit": proc.returncode,
+            }
             print(kind, results[kind], flush=True)
     return results
 
@@ -69,8 +89,8 @@ def overhead(epochs: int, imgsz: int, data: Path, repeat: int) -> dict:
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from mlflow_cv_yolo.runs import training_run
     from mlflow_cv_yolo.handoff import CLIENT_ENV, SessionInfo
+    from mlflow_cv_yolo.runs import training_run
     from mlflow_cv_yolo.stack.local import LocalStack
 
     os.environ.update(CLIENT_ENV)  # the settings every process of a session has
@@ -78,18 +98,33 @@ def overhead(epochs: int, imgsz: int, data: Path, repeat: int) -> dict:
     md5 = None
     if data.resolve() == (REPO / "data" / "tiny_coco.yaml").resolve():
         lock = yaml.safe_load((REPO / "dvc.lock").read_text())
-        md5 = next(o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])
-                   if o["path"].rstrip("/") == "data/tiny_coco")
+        md5 = next(
+            o["md5"]
+            for st in lock["stages"].values()
+            for o in st.get("outs", [])
+            if o["path"].rstrip("/") == "data/tiny_coco"
+        )
     out: dict = {"epochs": epochs, "imgsz": imgsz, "data": str(data)}
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack", log=lambda _: None) as stack:
         client = MlflowClient(stack.tracking_uri)
         experiment_id = client.create_experiment("bench")
         parent = client.create_run(experiment_id, run_name="session").info.run_id
-        info = SessionInfo(session_id="bench", experiment="bench", experiment_id=experiment_id,
-                           tracking_uri=stack.tracking_uri, stack_kind="local", data=str(data),
-                           model_requested="yolov8n.pt", model_used="yolov8n.yaml", pretrained=False, model_note="",
-                           workdir=str(Path(tmp) / "runs"), parent_run_id=parent, dataset_md5=md5,
-                           dataset_source="bench" if md5 else None)
+        info = SessionInfo(
+            session_id="bench",
+            experiment="bench",
+            experiment_id=experiment_id,
+            tracking_uri=stack.tracking_uri,
+            stack_kind="local",
+            data=str(data),
+            model_requested="yolov8n.pt",
+            model_used="yolov8n.yaml",
+            pretrained=False,
+            model_note="",
+            workdir=str(Path(tmp) / "runs"),
+            parent_run_id=parent,
+            dataset_md5=md5,
+            dataset_source="bench" if md5 else None,
+        )
         if md5:
             info = dataclasses.replace(info, dataset=training_run.dataset_fields(info))
             training_run.log_dataset(client, parent, info)
@@ -103,10 +138,10 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
     nested ones once."""
     from mlflow.tracking import MlflowClient
 
+    from mlflow_cv_yolo.handoff import SessionInfo
     from mlflow_cv_yolo.runs import reuse, tracking, training_run
     from mlflow_cv_yolo.train import devices, training
     from mlflow_cv_yolo.train.grid import RunConfig
-    from mlflow_cv_yolo.handoff import SessionInfo
 
     spent = {"tracking": 0.0, "calls": 0, "by_call": {}}
     depth = [0]
@@ -129,6 +164,7 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
                 took = time.perf_counter() - start
                 spent["tracking"] += took
                 spent["by_call"][name] = round(spent["by_call"].get(name, 0.0) + took, 3)
+
         return wrapper
 
     for name, fn in list(vars(MlflowClient).items()):
@@ -142,8 +178,19 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
     client = MlflowClient(info.tracking_uri)
     out = {}
     for which, seed in (("first", 1), ("second", 2)):
-        config = RunConfig(f"bench-{which}", {"model": "yolov8n.pt", "optimizer": "SGD", "epochs": epochs,
-                                              "batch": 8, "imgsz": imgsz, "lr0": 0.01, "seed": seed}, "bench")
+        config = RunConfig(
+            f"bench-{which}",
+            {
+                "model": "yolov8n.pt",
+                "optimizer": "SGD",
+                "epochs": epochs,
+                "batch": 8,
+                "imgsz": imgsz,
+                "lr0": 0.01,
+                "seed": seed,
+            },
+            "bench",
+        )
         spent.update(tracking=0.0, calls=0, by_call={})
         start = time.perf_counter()
         opened = reuse.start(client, config, info)
@@ -151,9 +198,13 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
         training_run.train_into_run(training_run.TrainRequest(opened.run_id, config, info, placement))
         assert training_run.check_run(client, opened.run_id, epochs) == []
         train_s = time.perf_counter() - start - spent["tracking"]
-        out[which] = {"train_s": round(train_s, 1), "tracking_s": round(spent["tracking"], 2),
-                      "calls": spent["calls"], "overhead_ratio": round(spent["tracking"] / train_s, 4),
-                      "by_call": dict(sorted(spent["by_call"].items(), key=lambda kv: -kv[1]))}
+        out[which] = {
+            "train_s": round(train_s, 1),
+            "tracking_s": round(spent["tracking"], 2),
+            "calls": spent["calls"],
+            "overhead_ratio": round(spent["tracking"] / train_s, 4),
+            "by_call": dict(sorted(spent["by_call"].items(), key=lambda kv: -kv[1])),
+        }
         out[which]["wall_s"] = round(time.perf_counter() - start, 2)
         print(which, out[which], flush=True)
     # The cross-check the per-call figures cannot make: the background uploads and
@@ -169,12 +220,21 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
         assert training_run.check_run(client, opened.run_id, epochs) == []
         walls["tracked"].append(round(time.perf_counter() - start, 2))
         start = time.perf_counter()
-        training.train(config, data=Path(info.data), model=info.model_used,
-                       project=Path(info.workdir) / f"untracked-{i}", threads=placement.threads)
+        training.train(
+            config,
+            data=Path(info.data),
+            model=info.model_used,
+            project=Path(info.workdir) / f"untracked-{i}",
+            threads=placement.threads,
+        )
         walls["untracked"].append(round(time.perf_counter() - start, 2))
     if repeat:
-        ratios = sorted((t - u) / u for t, u in zip(walls["tracked"], walls["untracked"]))
-        out["wall"] = {**walls, "ratios": [round(r, 4) for r in ratios], "median_ratio": round(ratios[len(ratios) // 2], 4)}
+        ratios = sorted((t - u) / u for t, u in zip(walls["tracked"], walls["untracked"], strict=True))
+        out["wall"] = {
+            **walls,
+            "ratios": [round(r, 4) for r in ratios],
+            "median_ratio": round(ratios[len(ratios) // 2], 4),
+        }
         print("wall", out["wall"], flush=True)
     return out
 
@@ -182,8 +242,9 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
 def grid(extra: list[str], workers: int) -> dict:
     from mlflow_cv_yolo.stack.local import LocalStack
 
-    collected = subprocess.run(_pytest("--collect-only", "-q", *extra), cwd=REPO, env=_env(), capture_output=True,
-                               text=True, check=True).stdout
+    collected = subprocess.run(
+        _pytest("--collect-only", "-q", *extra), cwd=REPO, env=_env(), capture_output=True, text=True, check=True
+    ).stdout
     ids = [line.split("[", 1)[1].rstrip("]") for line in collected.splitlines() if "::test_grid[" in line]
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack", log=lambda _: None) as info:
         env = _env(MLFLOW_TRACKING_URI=info.tracking_uri)
@@ -196,8 +257,14 @@ def grid(extra: list[str], workers: int) -> dict:
         for test_id in ids:  # the seed's way: one process per run, one after the other
             subprocess.run(_pytest("-k", test_id, *common), cwd=REPO, env=env, check=True, capture_output=True)
         loop = time.monotonic() - start
-    out = {"runs": len(ids), "workers": workers, "parallel_s": round(parallel, 1), "loop_s": round(loop, 1),
-           "ratio": round(parallel / loop, 3), "args": extra}
+    out = {
+        "runs": len(ids),
+        "workers": workers,
+        "parallel_s": round(parallel, 1),
+        "loop_s": round(loop, 1),
+        "ratio": round(parallel / loop, 3),
+        "args": extra,
+    }
     print(out, flush=True)
     return out
 

@@ -33,8 +33,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 OUT = REPO / "bench" / "out"
-METRICS = ("mAP50-95", "mAP50", "precision", "recall", "val/box_loss", "val/cls_loss", "val/dfl_loss",
-           "train/box_loss", "train/cls_loss", "train/dfl_loss", "lr/pg0", "lr/pg1", "lr/pg2", "epoch_time")
+METRICS = (
+    "mAP50-95",
+    "mAP50",
+    "precision",
+    "recall",
+    "val/box_loss",
+    "val/cls_loss",
+    "val/dfl_loss",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "lr/pg0",
+    "lr/pg1",
+    "lr/pg2",
+    "epoch_time",
+)
 
 
 def _one_run(uri: str, experiment_id: str, period: float, seconds: float, start_at: float, out: list) -> None:
@@ -77,8 +91,10 @@ def _client_process(uri: str, experiment_id: str, runs: int, period: float, seco
 
     os.environ.update(CLIENT_ENV)
     out: list = []
-    threads = [threading.Thread(target=_one_run, args=(uri, experiment_id, period, seconds, start_at, out))
-               for _ in range(runs)]
+    threads = [
+        threading.Thread(target=_one_run, args=(uri, experiment_id, period, seconds, start_at, out))
+        for _ in range(runs)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -91,17 +107,28 @@ def level(uri: str, experiment_id: str, runs: int, period: float, seconds: float
     shares = [runs // procs + (1 if i < runs % procs else 0) for i in range(procs)]
     start_at = time.time() + 3.0  # every client process imported and ready: they start together
     with ProcessPoolExecutor(procs) as pool:
-        parts = [f.result() for f in [pool.submit(_client_process, uri, experiment_id, n, period, seconds, start_at)
-                                      for n in shares]]
+        parts = [
+            f.result()
+            for f in [pool.submit(_client_process, uri, experiment_id, n, period, seconds, start_at) for n in shares]
+        ]
     results = [r for part in parts for r in part]
     latencies = sorted(x for r in results for x in r["latencies"])
     made, errors, due = len(latencies), sum(r["errors"] for r in results), sum(r["due"] for r in results)
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
-    row = {"runs": runs, "period_s": period, "seconds": seconds, "calls_due": due, "calls_ok": made,
-           "errors": errors, "error_rate": round(errors / max(1, made + errors), 4),
-           "made_of_due": round(made / max(1, due), 3), "calls_per_s": round(made / seconds, 1),
-           "p50_ms": round(q[49] * 1000, 1), "p95_ms": round(q[94] * 1000, 1),
-           "max_ms": round(max(latencies, default=float("nan")) * 1000, 1)}
+    row = {
+        "runs": runs,
+        "period_s": period,
+        "seconds": seconds,
+        "calls_due": due,
+        "calls_ok": made,
+        "errors": errors,
+        "error_rate": round(errors / max(1, made + errors), 4),
+        "made_of_due": round(made / max(1, due), 3),
+        "calls_per_s": round(made / seconds, 1),
+        "p50_ms": round(q[49] * 1000, 1),
+        "p95_ms": round(q[94] * 1000, 1),
+        "max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
+    }
     row["sustained"] = errors == 0 and row["p95_ms"] < 1000 and row["made_of_due"] >= 0.95
     return row
 
@@ -132,11 +159,17 @@ def main() -> None:
             stack.stop()
     OUT.mkdir(exist_ok=True)
     with open(OUT / "tracking_capacity.jsonl", "a") as f:
-        f.write(json.dumps({"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
-                            "server_workers": 1, "rows": rows}) + "\n")
+        f.write(
+            json.dumps(
+                {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "server_workers": 1, "rows": rows}
+            )
+            + "\n"
+        )
     sustained = [r["runs"] for r in rows if r["sustained"]]
-    print(f"sustained up to {max(sustained) if sustained else 0} concurrent runs at one epoch every "
-          f"{args.period:g} s ({max((r['calls_per_s'] for r in rows if r['sustained']), default=0)} log_batch/s)")
+    print(
+        f"sustained up to {max(sustained) if sustained else 0} concurrent runs at one epoch every "
+        f"{args.period:g} s ({max((r['calls_per_s'] for r in rows if r['sustained']), default=0)} log_batch/s)"
+    )
 
 
 if __name__ == "__main__":

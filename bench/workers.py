@@ -37,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
     sys.path.insert(0, str(REPO / "src"))
-    from mlflow_cv_yolo.train import devices
     from mlflow_cv_yolo.stack.local import LocalStack
+    from mlflow_cv_yolo.train import devices
 
     walls: dict[int, list[float]] = {n: [] for n in args.workers}
     with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp) / "stack", log=lambda _: None) as info:
@@ -46,11 +46,30 @@ def main() -> None:
         env["MLFLOW_TRACKING_URI"] = info.tracking_uri
         env["PYTHONPATH"] = str(args.checkout.resolve() / "src")
         # Every session trains: code with reuse would otherwise take the first session's runs.
-        fresh = ["--rerun", "--no-resume"] if "--rerun" in (args.checkout / "fixtures" / "options.py").read_text() else []
+        fresh = (
+            ["--rerun", "--no-resume"] if "--rerun" in (args.checkout / "fixtures" / "options.py").read_text() else []
+        )
         for _ in range(args.repeat):
             for n in args.workers:  # alternating, so a change in the machine's load hits both
-                command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider", "-n", str(n),
-                           "--stack", "external", "--no-promote", *fresh, "--reports-dir", tmp, "--runs-dir", tmp, *extra]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "experiments",
+                    "-p",
+                    "no:cacheprovider",
+                    "-n",
+                    str(n),
+                    "--stack",
+                    "external",
+                    "--no-promote",
+                    *fresh,
+                    "--reports-dir",
+                    tmp,
+                    "--runs-dir",
+                    tmp,
+                    *extra,
+                ]
                 start = time.monotonic()
                 result = subprocess.run(command, cwd=args.checkout, env=env, capture_output=True, text=True)
                 walls[n].append(round(time.monotonic() - start, 1))
@@ -59,10 +78,15 @@ def main() -> None:
                 if result.returncode != 0:
                     sys.exit(result.stdout[-3000:] + result.stderr[-3000:])
     base = args.workers[0]
-    out = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkout": str(args.checkout), "cores": devices.cpu_count(),
-           "args": extra, "walls_s": walls,
-           "ratio_to_n%d" % base: {n: round(sum(w) / sum(walls[base]), 3) for n, w in walls.items()},
-           "load_average": os.getloadavg()}
+    out = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "checkout": str(args.checkout),
+        "cores": devices.cpu_count(),
+        "args": extra,
+        "walls_s": walls,
+        f"ratio_to_n{base}": {n: round(sum(w) / sum(walls[base]), 3) for n, w in walls.items()},
+        "load_average": os.getloadavg(),
+    }
     print(json.dumps(out), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "workers.jsonl", "a") as f:

@@ -55,8 +55,15 @@ def local_stack(tmp_path_factory):
 
 # Flags that let Debian's Chromium run headless as root in a container and keep
 # it from calling home; Playwright adds --headless and its own automation flags.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @dataclass
@@ -71,21 +78,31 @@ def browser(tmp_path):
     download) with a fresh profile under tmp_path, driven by Playwright."""
     executable = os.environ.get("CV_YOLO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not executable:
-        pytest.fail("no Chromium to drive: `apt-get install -y chromium` (or set CV_YOLO_CHROMIUM to a Chromium binary)")
+        pytest.fail(
+            "no Chromium to drive: `apt-get install -y chromium` (or set CV_YOLO_CHROMIUM to a Chromium binary)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("playwright is not installed: pip install -e '.[test]'")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile", executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1000})
+            tmp_path / "chromium-profile",
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000},
+        )
         try:
             context.set_default_timeout(60_000)  # two shared cores: a page can take a while
             page = context.pages[0] if context.pages else context.new_page()
             seen = Browser(page)
-            page.on("console", lambda m: seen.errors.append(f"console: {m.text} at {m.location.get('url')}")
-                    if m.type == "error" else None)
+            page.on(
+                "console",
+                lambda m: (
+                    seen.errors.append(f"console: {m.text} at {m.location.get('url')}") if m.type == "error" else None
+                ),
+            )
             page.on("pageerror", lambda exc: seen.errors.append(f"uncaught: {exc}"))
             yield seen
         finally:

@@ -11,12 +11,23 @@ from mlflow_cv_yolo.present.report import ReportFiles, write_report
 LOSSES = [f"{split}/{loss}" for split in ("train", "val") for loss in ("box_loss", "cls_loss", "dfl_loss")]
 
 
-def record(name: str, config_id: str, best: float | None, *, status: str = "FINISHED",
-           start: int = 0, **params: str) -> RunRecord:
-    metrics = {} if best is None else {"best/mAP50-95": best, "best/mAP50": best + 0.2,
-                                       "best/precision": 0.6, "best/recall": 0.5}
-    return RunRecord(run_id=f"rid{start}", name=name, config_id=config_id, status=status,
-                     start_time=start, params={"epochs": "3", **params}, metrics=metrics)
+def record(
+    name: str, config_id: str, best: float | None, *, status: str = "FINISHED", start: int = 0, **params: str
+) -> RunRecord:
+    metrics = (
+        {}
+        if best is None
+        else {"best/mAP50-95": best, "best/mAP50": best + 0.2, "best/precision": 0.6, "best/recall": 0.5}
+    )
+    return RunRecord(
+        run_id=f"rid{start}",
+        name=name,
+        config_id=config_id,
+        status=status,
+        start_time=start,
+        params={"epochs": "3", **params},
+        metrics=metrics,
+    )
 
 
 def history(final: float, epochs: int) -> dict[str, list[tuple[int, float]]]:
@@ -44,5 +55,6 @@ def url(run: RunRecord) -> str:
 
 
 def write(tmp_path: Path, runs: list[RunRecord], histories: dict, decision: dict = DECISION) -> ReportFiles:
-    return write_report(tmp_path / "reports" / "s1", session_id="s1", runs=runs,
-                        histories=histories, decision=decision, run_url=url)
+    return write_report(
+        tmp_path / "reports" / "s1", session_id="s1", runs=runs, histories=histories, decision=decision, run_url=url
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def _count(text: str) -> int:
@@ -23,8 +23,15 @@ def _dataset_build(args: argparse.Namespace) -> int:
     from mlflow_cv_yolo.data.build import DatasetError, build_dataset
 
     try:
-        build_dataset(args.source, args.out, args.yaml, counts=(args.train, args.val, args.test),
-                      imgsz=args.imgsz, seed=args.seed, cache_dir=args.cache_dir)
+        build_dataset(
+            args.source,
+            args.out,
+            args.yaml,
+            counts=(args.train, args.val, args.test),
+            imgsz=args.imgsz,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+        )
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -34,11 +41,17 @@ def _dataset_build(args: argparse.Namespace) -> int:
 def _add_dataset(commands: argparse._SubParsersAction) -> None:
     dataset = commands.add_parser("dataset", help="build the tiny COCO person dataset")
     actions = dataset.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = actions.add_parser("build", help="build data/tiny_coco and its yaml from a source",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    build.add_argument("--source", default="auto",
-                       help="auto (COCO128 if cached or downloadable, else synthetic), coco128, synthetic, "
-                            "or a path to a YOLO-format folder or zip; explicit sources never fall back")
+    build = actions.add_parser(
+        "build",
+        help="build data/tiny_coco and its yaml from a source",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    build.add_argument(
+        "--source",
+        default="auto",
+        help="auto (COCO128 if cached or downloadable, else synthetic), coco128, synthetic, "
+        "or a path to a YOLO-format folder or zip; explicit sources never fall back",
+    )
     build.add_argument("--out", type=Path, default=Path("data/tiny_coco"), help="dataset folder to write")
     build.add_argument("--yaml", type=Path, default=Path("data/tiny_coco.yaml"), help="dataset yaml to write")
     build.add_argument("--train", type=_count, default=40, help="train images")
@@ -56,16 +69,27 @@ def _checkpoint_build(args: argparse.Namespace) -> int:
     if not args.data.is_file():
         print(f"error: --data {args.data}: dataset yaml not found", file=sys.stderr)
         return 1
-    build_checkpoint(args.data, args.out, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, lr0=args.lr0,
-                     seed=args.seed, threads=args.threads)
+    build_checkpoint(
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        lr0=args.lr0,
+        seed=args.seed,
+        threads=args.threads,
+    )
     return 0
 
 
 def _add_checkpoint(commands: argparse._SubParsersAction) -> None:
     checkpoint = commands.add_parser("checkpoint", help="train the project's own pretrained checkpoint")
     actions = checkpoint.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = actions.add_parser("build", help="train yolov8n.yaml on a dataset and keep its best weights",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build = actions.add_parser(
+        "build",
+        help="train yolov8n.yaml on a dataset and keep its best weights",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     build.add_argument("--data", type=Path, required=True, help="dataset yaml to train on")
     build.add_argument("--out", type=Path, required=True, help="checkpoint (.pt) to write")
     build.add_argument("--epochs", type=_count, default=30, help="training epochs")
@@ -79,8 +103,8 @@ def _add_checkpoint(commands: argparse._SubParsersAction) -> None:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from mlflow_cv_yolo.train import interrupts
     from mlflow_cv_yolo.stack import ServiceError, make_stack
+    from mlflow_cv_yolo.train import interrupts
 
     # SIGTERM too becomes a KeyboardInterrupt, so that `with stack` stops every
     # service (they run in their own sessions: no signal reaches them otherwise).
@@ -91,8 +115,10 @@ def _ui(args: argparse.Namespace) -> int:
         return 1
     try:
         with stack as info:
-            print(f"MLflow UI on the {args.stack} stack in {args.stack_dir}: {info.tracking_uri} (Ctrl-C stops it)",
-                  flush=True)
+            print(
+                f"MLflow UI on the {args.stack} stack in {args.stack_dir}: {info.tracking_uri} (Ctrl-C stops it)",
+                flush=True,
+            )
             threading.Event().wait()
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,8 +129,11 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _add_ui(commands: argparse._SubParsersAction) -> None:
-    ui = commands.add_parser("ui", help="reopen the MLflow UI on a stack the suite kept",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ui = commands.add_parser(
+        "ui",
+        help="reopen the MLflow UI on a stack the suite kept",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ui.add_argument("--stack", choices=("local", "embedded", "docker"), default="local", help="which kept stack")
     ui.add_argument("--stack-dir", type=Path, default=Path(".stack"), help="the suite's --stack-dir")
     ui.set_defaults(func=_ui)

@@ -21,8 +21,10 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 COLUMNS = ["image", "class", "confidence", "x1", "y1", "x2", "y2"]
-ACCEPTED = ("an image path, a numpy HxWx3 uint8 RGB array, a PIL image, a list of those, "
-            "or a DataFrame with a column 'image' of base64-encoded image files")
+ACCEPTED = (
+    "an image path, a numpy HxWx3 uint8 RGB array, a PIL image, a list of those, "
+    "or a DataFrame with a column 'image' of base64-encoded image files"
+)
 
 
 def encode_images(paths: list[Path]) -> pd.DataFrame:
@@ -36,9 +38,17 @@ def signature(imgsz: int) -> ModelSignature:
     # params schema stays, so MLflow still checks conf and imgsz and fills defaults.
     return ModelSignature(
         inputs=None,
-        outputs=Schema([ColSpec("long", "image"), ColSpec("long", "class"), ColSpec("double", "confidence"),
-                        ColSpec("double", "x1"), ColSpec("double", "y1"), ColSpec("double", "x2"),
-                        ColSpec("double", "y2")]),
+        outputs=Schema(
+            [
+                ColSpec("long", "image"),
+                ColSpec("long", "class"),
+                ColSpec("double", "confidence"),
+                ColSpec("double", "x1"),
+                ColSpec("double", "y1"),
+                ColSpec("double", "x2"),
+                ColSpec("double", "y2"),
+            ]
+        ),
         params=ParamSchema([ParamSpec("conf", "double", 0.25), ParamSpec("imgsz", "long", imgsz)]),
     )
 
@@ -87,8 +97,17 @@ def to_images(model_input) -> list:
 
 def boxes_frame(rows: list[list]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    return frame.astype({"image": "int64", "class": "int64", "confidence": "float64", "x1": "float64",
-                         "y1": "float64", "x2": "float64", "y2": "float64"})
+    return frame.astype(
+        {
+            "image": "int64",
+            "class": "int64",
+            "confidence": "float64",
+            "x1": "float64",
+            "y1": "float64",
+            "x2": "float64",
+            "y2": "float64",
+        }
+    )
 
 
 class YoloDetector(mlflow.pyfunc.PythonModel):
@@ -116,6 +135,6 @@ class YoloDetector(mlflow.pyfunc.PythonModel):
         for index, image in enumerate(to_images(model_input)):
             result = self.model.predict(image, conf=conf, imgsz=imgsz, device=self.device, verbose=False)[0]
             boxes = result.boxes
-            for cls, score, xyxy in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist()):
+            for cls, score, xyxy in zip(boxes.cls.tolist(), boxes.conf.tolist(), boxes.xyxy.tolist(), strict=True):
                 rows.append([index, int(cls), float(score), *map(float, xyxy)])
         return boxes_frame(rows)

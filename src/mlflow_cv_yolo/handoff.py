@@ -60,5 +60,5 @@ class SessionInfo:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "SessionInfo":
+    def from_dict(cls, raw: dict) -> SessionInfo:
         return cls(**{**raw, "devices": tuple(raw.get("devices", ("cpu",)))})

@@ -34,8 +34,9 @@ def check_tracking_uri(uri: str, *, name: str = "MLFLOW_TRACKING_URI") -> None:
     """The suite's workers talk to a tracking *server*: an http(s) URL with a host."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{name}={shown_uri(uri)!r}: not the http(s) URL of an MLflow tracking server "
-                         "(e.g. http://127.0.0.1:5000)")
+        raise InputError(
+            f"{name}={shown_uri(uri)!r}: not the http(s) URL of an MLflow tracking server (e.g. http://127.0.0.1:5000)"
+        )
 
 
 def check_model(name: str) -> None:
@@ -49,8 +50,9 @@ def check_model(name: str) -> None:
         try:
             yaml_model_load(name)
         except Exception:  # ultralytics raises FileNotFoundError, or others for a bad scale
-            raise InputError(f"model {name!r}: no such file here, and not a model definition ultralytics "
-                             "ships (e.g. yolov8n.yaml)") from None
+            raise InputError(
+                f"model {name!r}: no such file here, and not a model definition ultralytics ships (e.g. yolov8n.yaml)"
+            ) from None
         return
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
 
@@ -66,7 +68,7 @@ class DatasetSummary:
     yaml_path: Path
     classes: int
     images: dict[str, int]  # split -> images
-    boxes: dict[str, int]   # split -> label lines
+    boxes: dict[str, int]  # split -> label lines
 
 
 def check_dataset(yaml_path: Path) -> DatasetSummary:

@@ -23,41 +23,48 @@ import subprocess
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo import preflight
-from mlflow_cv_yolo.decide import promotion, ranking
-from mlflow_cv_yolo.present import progress, report
-from mlflow_cv_yolo.runs import reuse, tracking, training_run
-from mlflow_cv_yolo.train import devices, interrupts, ray_cluster, weights
 from mlflow_cv_yolo.data.node_cache import DataSource
-from mlflow_cv_yolo.runs.executors import make_executor
-from mlflow_cv_yolo.train.grid import RunConfig
-from mlflow_cv_yolo.preflight import InputError
+from mlflow_cv_yolo.decide import promotion, ranking
 from mlflow_cv_yolo.decide.conclusion import Conclusion
 from mlflow_cv_yolo.decide.promotion import Completeness
+from mlflow_cv_yolo.errors import StackError
 from mlflow_cv_yolo.handoff import SessionInfo
+from mlflow_cv_yolo.preflight import InputError
+from mlflow_cv_yolo.present import progress, report
+from mlflow_cv_yolo.runs import reuse, tracking, training_run
+from mlflow_cv_yolo.runs.executors import make_executor
 from mlflow_cv_yolo.settings import Settings
 from mlflow_cv_yolo.stack import ServiceError, StackInfo, choose, make_stack
 from mlflow_cv_yolo.stack.claim import StackInUse, claim
-from mlflow_cv_yolo.errors import StackError
+from mlflow_cv_yolo.train import devices, interrupts, ray_cluster, weights
+from mlflow_cv_yolo.train.grid import RunConfig
 
-CURVES = ("mAP50-95", "train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss",
-          "val/dfl_loss")
+CURVES = (
+    "mAP50-95",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "val/box_loss",
+    "val/cls_loss",
+    "val/dfl_loss",
+)
 
 
 @dataclass
 class _Test:
     phases: dict[str, str] = field(default_factory=dict)  # "setup"/"call"/"teardown"/"???" -> outcome
     run_id: str | None = None
-    reused_from: str | None = None   # its run is a FINISHED run of that session (see reuse)
+    reused_from: str | None = None  # its run is a FINISHED run of that session (see reuse)
     resumed_from: str | None = None  # its run continued one that session left unfinished
 
     @property
@@ -134,8 +141,10 @@ class Session:
             pushed = pool.submit(self._push_data, data_state)
             self._open(kind, choice, amp_check, self._lineage(data_state))
             pushed.result()
-        self._ready_in, self._state_shown = ready, (f"{self._state_dir} (throwaway)" if s.fresh_stack
-                                                    else str(self.stack.state_dir))
+        self._ready_in, self._state_shown = (
+            ready,
+            (f"{self._state_dir} (throwaway)" if s.fresh_stack else str(self.stack.state_dir)),
+        )
         self._start_monitor(kind)
         return self.info
 
@@ -149,15 +158,36 @@ class Session:
             raise InputError(f"--experiment {s.experiment}: {exc.message}") from None
         self._end_dead_session(client, experiment_id)
         commit = git_commit(s.root)
-        parent = client.create_run(experiment_id, run_name=f"session-{self.session_id}", tags={
-            tracking.TAG_SESSION: self.session_id, tracking.TAG_KIND: "session", "suite.stack": kind,
-            "pretrained": str(choice.pretrained).lower(), **({"mlflow.source.git.commit": commit} if commit else {})})
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"session-{self.session_id}",
+            tags={
+                tracking.TAG_SESSION: self.session_id,
+                tracking.TAG_KIND: "session",
+                "suite.stack": kind,
+                "pretrained": str(choice.pretrained).lower(),
+                **({"mlflow.source.git.commit": commit} if commit else {}),
+            },
+        )
         self.info = SessionInfo(
-            session_id=self.session_id, experiment=s.experiment, experiment_id=experiment_id,
-            tracking_uri=self.stack_info.tracking_uri, stack_kind=kind, data=str(s.data),
-            model_requested=choice.requested, model_used=choice.used, pretrained=choice.pretrained,
-            model_note=choice.note, workdir=str(s.runs_dir / self.session_id), parent_run_id=parent.info.run_id,
-            git_commit=commit, devices=self.devices, amp_check=amp_check, executor=self._executor(lineage), **lineage)
+            session_id=self.session_id,
+            experiment=s.experiment,
+            experiment_id=experiment_id,
+            tracking_uri=self.stack_info.tracking_uri,
+            stack_kind=kind,
+            data=str(s.data),
+            model_requested=choice.requested,
+            model_used=choice.used,
+            pretrained=choice.pretrained,
+            model_note=choice.note,
+            workdir=str(s.runs_dir / self.session_id),
+            parent_run_id=parent.info.run_id,
+            git_commit=commit,
+            devices=self.devices,
+            amp_check=amp_check,
+            executor=self._executor(lineage),
+            **lineage,
+        )
         self.info = dataclasses.replace(self.info, data_digest=reuse.data_digest(self.info))
         if self.info.dataset_md5:
             self.info = dataclasses.replace(self.info, dataset=training_run.dataset_fields(self.info))
@@ -204,9 +234,11 @@ class Session:
                 raise InputError(str(exc)) from None
             data_state = lineage.check_dataset(s.root, lineage.DEFAULT_OUT)
             if not data_state.clean and not s.allow_dirty_data:
-                raise InputError(f"{lineage.DEFAULT_OUT} differs from dvc.lock: {'; '.join(data_state.problems)}. "
-                                 "Run `dvc repro` (rebuild) or `dvc pull` (fetch the locked version), "
-                                 "or pass --allow-dirty-data to train on it anyway (runs are tagged dirty)")
+                raise InputError(
+                    f"{lineage.DEFAULT_OUT} differs from dvc.lock: {'; '.join(data_state.problems)}. "
+                    "Run `dvc repro` (rebuild) or `dvc pull` (fetch the locked version), "
+                    "or pass --allow-dirty-data to train on it anyway (runs are tagged dirty)"
+                )
         preflight.check_dataset(s.data)
         preflight.check_model(self.grid[0].model)
         return data_state
@@ -236,8 +268,9 @@ class Session:
             return
         from mlflow_cv_yolo.handoff import CLIENT_ENV
 
-        self.ray = ray_cluster.RayCluster(self.settings.executor, dict(CLIENT_ENV), self._state_dir / "ray",
-                                          log=self.log)
+        self.ray = ray_cluster.RayCluster(
+            self.settings.executor, dict(CLIENT_ENV), self._state_dir / "ray", log=self.log
+        )
         self.ray.start()
         self.ray.check_reachable(kind, os.environ.get("MLFLOW_TRACKING_URI"))
 
@@ -254,13 +287,24 @@ class Session:
 
             out = self.settings.root / dvc_lineage.DEFAULT_OUT
             source = dataclasses.replace(
-                source, folder=os.path.relpath(out, data.parent), remote_url=lineage.get("dataset_source"),
-                endpoint_url=s3.endpoint_url, credential_path=str(s3.credentials_file))
+                source,
+                folder=os.path.relpath(out, data.parent),
+                remote_url=lineage.get("dataset_source"),
+                endpoint_url=s3.endpoint_url,
+                credential_path=str(s3.credentials_file),
+            )
         if self.ray.other_machines and not source.fetchable:
-            self.log(f"ray: nodes on other machines ({', '.join(self.ray.other_machines)}) cannot fetch {data} "
-                     "(no DVC remote on an S3 they reach): only nodes that share this file system can train")
-        return {"kind": "ray", "address": self.ray.address, "cpus_per_run": s.cpus_per_run,
-                "gpus_per_run": s.gpus_per_run, "data": dataclasses.asdict(source)}
+            self.log(
+                f"ray: nodes on other machines ({', '.join(self.ray.other_machines)}) cannot fetch {data} "
+                "(no DVC remote on an S3 they reach): only nodes that share this file system can train"
+            )
+        return {
+            "kind": "ray",
+            "address": self.ray.address,
+            "cpus_per_run": s.cpus_per_run,
+            "gpus_per_run": s.gpus_per_run,
+            "data": dataclasses.asdict(source),
+        }
 
     def _lineage(self, state) -> dict:
         """Lineage fields for the SessionInfo; {} for a dataset given with --data."""
@@ -270,8 +314,12 @@ class Session:
 
         s3 = self.stack_info.s3
         source = _dvc_remote(s3) if s3 is not None else "dvc.lock (this stack has no S3 for a DVC remote)"
-        return {"dataset_md5": state.md5, "dataset_dirty": not state.clean, "dataset_source": source,
-                "dataset_lock_commit": lineage.lock_commit(self.settings.root)}
+        return {
+            "dataset_md5": state.md5,
+            "dataset_dirty": not state.clean,
+            "dataset_source": source,
+            "dataset_lock_commit": lineage.lock_commit(self.settings.root),
+        }
 
     def _push_data(self, state) -> None:
         """The stack's S3 becomes the DVC remote the lineage names, and gets the data."""
@@ -280,8 +328,14 @@ class Session:
             return
         from mlflow_cv_yolo.data import lineage
 
-        lineage.publish(self.settings.root, state, url=_dvc_remote(s3), endpoint_url=s3.endpoint_url,
-                        credential_path=s3.credentials_file, log=self.log)
+        lineage.publish(
+            self.settings.root,
+            state,
+            url=_dvc_remote(s3),
+            endpoint_url=s3.endpoint_url,
+            credential_path=s3.credentials_file,
+            log=self.log,
+        )
 
     def _end_dead_session(self, client: MlflowClient, experiment_id: str) -> None:
         """A controller killed with SIGKILL (OOM, a closed terminal) left its claim and
@@ -289,12 +343,18 @@ class Session:
         dead = self._claim.previous if self._claim else None
         if not dead or not dead.get("session"):
             return
-        ended = tracking.end_running(client, experiment_id, dead["session"], status="KILLED",
-                                     reason=f"session {dead['session']} died (its controller, pid {dead.get('pid')}, "
-                                            f"ended without stopping); marked by session {self.session_id}")
+        ended = tracking.end_running(
+            client,
+            experiment_id,
+            dead["session"],
+            status="KILLED",
+            reason=f"session {dead['session']} died (its controller, pid {dead.get('pid')}, "
+            f"ended without stopping); marked by session {self.session_id}",
+        )
         if ended:
-            self.log(f"session {dead['session']} was killed before it ended: marked its {len(ended)} RUNNING "
-                     "runs KILLED")
+            self.log(
+                f"session {dead['session']} was killed before it ended: marked its {len(ended)} RUNNING runs KILLED"
+            )
 
     def _start_monitor(self, kind: str) -> None:
         if kind == "external":
@@ -314,11 +374,17 @@ class Session:
         """Where to look in MLflow's UI: this session's runs, best first (by id when some
         are reused: those carry their own session's tag), and its parent run."""
         info = self.info
-        search = (f"attributes.run_id IN ({', '.join(repr(r.run_id) for r in runs)})"
-                  if any(r.reused_from for r in runs) else f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'")
-        return {"runs": tracking.runs_view_url(info.tracking_uri, info.experiment_id, search=search,
-                                               order_by=f"metrics.`{ranking.METRIC}`"),
-                "session run": tracking.run_url(info.tracking_uri, info.experiment_id, info.parent_run_id)}
+        search = (
+            f"attributes.run_id IN ({', '.join(repr(r.run_id) for r in runs)})"
+            if any(r.reused_from for r in runs)
+            else f"tags.`{tracking.TAG_SESSION}` = '{info.session_id}'"
+        )
+        return {
+            "runs": tracking.runs_view_url(
+                info.tracking_uri, info.experiment_id, search=search, order_by=f"metrics.`{ranking.METRIC}`"
+            ),
+            "session run": tracking.run_url(info.tracking_uri, info.experiment_id, info.parent_run_id),
+        }
 
     def worker_input(self) -> dict:
         return self.info.to_dict()
@@ -337,13 +403,23 @@ class Session:
         if info.dataset_md5:
             data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
         asked = self.settings.workers if self.workers else None  # none started: the reuse line says why
-        lines += [data, devices.describe(self.settings.device, self._found, self.devices, max(1, self.workers),
-                                         devices.cpu_count(), workers_asked=asked)]
+        lines += [
+            data,
+            devices.describe(
+                self.settings.device,
+                self._found,
+                self.devices,
+                max(1, self.workers),
+                devices.cpu_count(),
+                workers_asked=asked,
+            ),
+        ]
         if not self.settings.rerun:
-            lines.append(f"reuse: {len(info.reusable)} of {len(self.grid)} configurations have a finished run with "
-                         "the same key (--rerun trains them again)" + (
-                             "; nothing to train: the tests run in this process, no worker started"
-                             if self.workers == 0 else ""))
+            lines.append(
+                f"reuse: {len(info.reusable)} of {len(self.grid)} configurations have a finished run with "
+                "the same key (--rerun trains them again)"
+                + ("; nothing to train: the tests run in this process, no worker started" if self.workers == 0 else "")
+            )
         if info.amp_check:
             lines += [f"  AMP check: {info.amp_check}"]
         return lines
@@ -356,13 +432,25 @@ class Session:
     def run_states(self) -> dict[str, str]:
         """Each selected test's state in words (queued, epoch k/N mAP x, finished, failed)."""
         epochs = {config.id: config.epochs for config in self.grid}
-        states = progress.states(MlflowClient(self.info.tracking_uri), self.info.experiment_id, self.session_id,
-                                 self.selected, epochs)
-        return {test: "reused" if test in self.tests and self.tests[test].reused_from else state
-                for test, state in states.items()}
+        states = progress.states(
+            MlflowClient(self.info.tracking_uri), self.info.experiment_id, self.session_id, self.selected, epochs
+        )
+        return {
+            test: "reused" if test in self.tests and self.tests[test].reused_from else state
+            for test, state in states.items()
+        }
 
-    def record(self, test_id: str, *, phase: str, outcome: str, run_id: str | None = None,
-               crash: str | None = None, reused_from: str | None = None, resumed_from: str | None = None) -> None:
+    def record(
+        self,
+        test_id: str,
+        *,
+        phase: str,
+        outcome: str,
+        run_id: str | None = None,
+        crash: str | None = None,
+        reused_from: str | None = None,
+        resumed_from: str | None = None,
+    ) -> None:
         """One report of one test. A crashed worker's test ("???" phase) and a test that
         failed after its run FINISHED must not leave that run looking usable (a reused
         run is another session's result, and stays as it is)."""
@@ -375,8 +463,15 @@ class Session:
             return
         client = MlflowClient(self.info.tracking_uri)
         if crash is not None:
-            tracking.end_running(client, self.info.experiment_id, self.session_id, status="FAILED",
-                                 reason=crash, test_id=test_id, kinds=("grid",))
+            tracking.end_running(
+                client,
+                self.info.experiment_id,
+                self.session_id,
+                status="FAILED",
+                reason=crash,
+                test_id=test_id,
+                kinds=("grid",),
+            )
         elif test.run_id and client.get_run(test.run_id).info.status == "FINISHED":
             client.set_tag(test.run_id, tracking.TAG_END, f"its test failed in {phase}: the run is not a result")
             client.set_terminated(test.run_id, "FAILED")
@@ -397,18 +492,29 @@ class Session:
         status = {r.run_id: r.status for r in runs}
         tests = [self.tests.get(t, _Test()) for t in self.selected]
         finished = sum(1 for t in tests if t.passed and status.get(t.run_id) == "FINISHED")
-        failed = sum(1 for t in tests if "failed" in t.phases.values()
-                     or (t.passed and status.get(t.run_id) != "FINISHED"))
-        return Completeness(selected=len(self.selected), grid=len(self.grid), finished=finished, failed=failed,
-                            interrupted=interrupted)
+        failed = sum(
+            1 for t in tests if "failed" in t.phases.values() or (t.passed and status.get(t.run_id) != "FINISHED")
+        )
+        return Completeness(
+            selected=len(self.selected), grid=len(self.grid), finished=finished, failed=failed, interrupted=interrupted
+        )
 
     def _conclude(self, interrupted: bool) -> Conclusion:
         s, info = self.settings, self.info
         client = MlflowClient(info.tracking_uri)
-        reason = ("the session was interrupted while it ran" if interrupted
-                  else "still RUNNING when its session ended (its test never reported)")
-        tracking.end_running(client, info.experiment_id, info.session_id, status="KILLED" if interrupted else "FAILED",
-                             reason=reason, kinds=("grid",))
+        reason = (
+            "the session was interrupted while it ran"
+            if interrupted
+            else "still RUNNING when its session ended (its test never reported)"
+        )
+        tracking.end_running(
+            client,
+            info.experiment_id,
+            info.session_id,
+            status="KILLED" if interrupted else "FAILED",
+            reason=reason,
+            kinds=("grid",),
+        )
         runs = self._runs(client)
         if not runs and not self.selected:
             client.set_terminated(info.parent_run_id, "KILLED" if interrupted else "FINISHED")
@@ -418,27 +524,50 @@ class Session:
             decision = promotion.skipped(info.session_id, runs, "--no-promote")
         else:
             decision = promotion.decide(
-                client, runs, session=info.session_id, completeness=completeness, criteria=s.criteria,
-                pretrained=info.pretrained, weights_note=info.model_note, dataset_digest=info.dataset_md5,
-                registered_model=s.registered_model, data=Path(info.data), workdir=Path(info.workdir),
-                device=info.devices[0].split()[0])
+                client,
+                runs,
+                session=info.session_id,
+                completeness=completeness,
+                criteria=s.criteria,
+                pretrained=info.pretrained,
+                weights_note=info.model_note,
+                dataset_digest=info.dataset_md5,
+                registered_model=s.registered_model,
+                data=Path(info.data),
+                workdir=Path(info.workdir),
+                device=info.devices[0].split()[0],
+            )
             if decision.outcome == "promoted":
-                decision = promotion.promote(client, decision, registered_model=s.registered_model,
-                                             alias=s.promote_to, tags={
-                                                 "promoted_by.session": info.session_id,
-                                                 "promoted_by.git_commit": info.git_commit or "",
-                                                 **({"trained_by.session": decision.candidate_reused_from}
-                                                    if decision.candidate_reused_from else {}),
-                                                 "pretrained": str(info.pretrained).lower()}, data=Path(info.data),
-                                             # a reused candidate that already holds the alias: nothing new
-                                             keep_if_held=bool(decision.candidate_reused_from))
+                decision = promotion.promote(
+                    client,
+                    decision,
+                    registered_model=s.registered_model,
+                    alias=s.promote_to,
+                    tags={
+                        "promoted_by.session": info.session_id,
+                        "promoted_by.git_commit": info.git_commit or "",
+                        **(
+                            {"trained_by.session": decision.candidate_reused_from}
+                            if decision.candidate_reused_from
+                            else {}
+                        ),
+                        "pretrained": str(info.pretrained).lower(),
+                    },
+                    data=Path(info.data),
+                    # a reused candidate that already holds the alias: nothing new
+                    keep_if_held=bool(decision.candidate_reused_from),
+                )
             runs = self._runs(client)  # with test/ metrics now
         folder = s.reports_dir / info.session_id
         md, js = decision.write(folder)
-        files = report.write_report(folder, session_id=info.session_id, runs=runs,
-                                    histories=tracking.histories(client, runs, CURVES), decision=decision.to_dict(),
-                                    run_url=lambda run: tracking.run_url(info.tracking_uri, info.experiment_id,
-                                                                         run.run_id))
+        files = report.write_report(
+            folder,
+            session_id=info.session_id,
+            runs=runs,
+            histories=tracking.histories(client, runs, CURVES),
+            decision=decision.to_dict(),
+            run_url=lambda run: tracking.run_url(info.tracking_uri, info.experiment_id, run.run_id),
+        )
         # A reused candidate keeps the record of the session that trained it: this one's goes beside it.
         candidate_folder = f"decision/{info.session_id}" if decision.candidate_reused_from else "decision"
         for path in (md, js):
@@ -447,19 +576,30 @@ class Session:
                 client.log_artifact(decision.candidate_run_id, str(path), candidate_folder)
         for path in (files.html, files.markdown, *files.plots):
             client.log_artifact(info.parent_run_id, str(path), "report")
-        client.set_terminated(info.parent_run_id, "KILLED" if interrupted else
-                              "FAILED" if decision.blocks_the_gate else "FINISHED")
-        return Conclusion(decision, files.html, md, self.links(runs), counts=self._counts(), reused=tuple(
-            (r.name, r.reused_from, tracking.run_url(info.tracking_uri, info.experiment_id, r.run_id))
-            for r in runs if r.reused_from))
+        client.set_terminated(
+            info.parent_run_id, "KILLED" if interrupted else "FAILED" if decision.blocks_the_gate else "FINISHED"
+        )
+        return Conclusion(
+            decision,
+            files.html,
+            md,
+            self.links(runs),
+            counts=self._counts(),
+            reused=tuple(
+                (r.name, r.reused_from, tracking.run_url(info.tracking_uri, info.experiment_id, r.run_id))
+                for r in runs
+                if r.reused_from
+            ),
+        )
 
     def _runs(self, client: MlflowClient) -> list[ranking.RunRecord]:
         """The runs this session ranks: its own (by their session tag) and the finished
         runs of earlier sessions its tests reported as reused (by run id)."""
         own = tracking.session_runs(client, self.info.experiment_id, self.session_id)
         seen = {r.run_id for r in own}
-        reused = {t.run_id: t.reused_from for t in self.tests.values()
-                  if t.reused_from and t.run_id and t.run_id not in seen}
+        reused = {
+            t.run_id: t.reused_from for t in self.tests.values() if t.reused_from and t.run_id and t.run_id not in seen
+        }
         return own + tracking.reused_runs(client, reused)
 
     def _counts(self) -> str:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_cv_yolo.train.grid import RunConfig, expand, load_grid
 from mlflow_cv_yolo.decide.promotion import Criteria
+from mlflow_cv_yolo.train.grid import RunConfig, expand, load_grid
 from mlflow_cv_yolo.train.ray_cluster import ExecutorSettings
 
 
@@ -86,9 +86,9 @@ class Settings:
     runs_dir: Path
     images: dict[str, str | None] = field(default_factory=dict)
     device: str = "auto"  # --device, its syntax checked (devices.parse); the machine is asked at start
-    workers: int = 1      # xdist's -n (1 without xdist)
-    rerun: bool = False   # train even where a finished run with the same key exists (see reuse)
-    resume: bool = True   # continue an interrupted run with the same key (see resume)
+    workers: int = 1  # xdist's -n (1 without xdist)
+    rerun: bool = False  # train even where a finished run with the same key exists (see reuse)
+    resume: bool = True  # continue an interrupted run with the same key (see resume)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
     def load_grid(self) -> list[RunConfig]:
@@ -108,20 +108,35 @@ def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: C
         overrides.append(("model", (options["model"],)))
     data = options.get("data")
     return Settings(
-        root=root, grid_file=absolute(options.get("grid") or root / "experiments" / "grid.yaml", cwd),
-        overrides=tuple(overrides), data=absolute(data, cwd) if data else root / "data" / "tiny_coco.yaml",
-        default_data=data is None, experiment=options["experiment"], stack=options["stack"],
-        stack_dir=absolute(options["stack_dir"], cwd), fresh_stack=options["fresh_stack"], criteria=criteria,
-        registered_model=options["registered_model"], promote_to=options["promote_to"],
-        promote=not options["no_promote"], require_pretrained=options["require_pretrained"],
-        allow_dirty_data=options["allow_dirty_data"], reports_dir=absolute(options["reports_dir"], cwd),
+        root=root,
+        grid_file=absolute(options.get("grid") or root / "experiments" / "grid.yaml", cwd),
+        overrides=tuple(overrides),
+        data=absolute(data, cwd) if data else root / "data" / "tiny_coco.yaml",
+        default_data=data is None,
+        experiment=options["experiment"],
+        stack=options["stack"],
+        stack_dir=absolute(options["stack_dir"], cwd),
+        fresh_stack=options["fresh_stack"],
+        criteria=criteria,
+        registered_model=options["registered_model"],
+        promote_to=options["promote_to"],
+        promote=not options["no_promote"],
+        require_pretrained=options["require_pretrained"],
+        allow_dirty_data=options["allow_dirty_data"],
+        reports_dir=absolute(options["reports_dir"], cwd),
         runs_dir=absolute(options["runs_dir"], cwd),
         images={"mysql_image": options.get("mysql_image"), "s3_image": options.get("s3_image")},
-        device=options.get("device") or "auto", workers=_workers(options),
-        rerun=bool(options.get("rerun")), resume=not options.get("no_resume"),
-        executor=ExecutorSettings(kind=options.get("executor") or "local", ray_address=options.get("ray_address"),
-                                  cpus_per_run=options.get("cpus_per_run", 1.0),
-                                  gpus_per_run=options.get("gpus_per_run", 0.0)))
+        device=options.get("device") or "auto",
+        workers=_workers(options),
+        rerun=bool(options.get("rerun")),
+        resume=not options.get("no_resume"),
+        executor=ExecutorSettings(
+            kind=options.get("executor") or "local",
+            ray_address=options.get("ray_address"),
+            cpus_per_run=options.get("cpus_per_run", 1.0),
+            gpus_per_run=options.get("gpus_per_run", 0.0),
+        ),
+    )
 
 
 def _workers(options: dict[str, Any]) -> int:

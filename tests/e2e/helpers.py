@@ -23,9 +23,20 @@ FRESH = ("--rerun", "--no-resume")
 def suite_command(*args: str, tmp_path: Path, reuse: bool = False) -> list[str]:
     """`python -m pytest experiments ARGS`, as a user runs it, with every folder the
     session writes moved under tmp_path; training every run afresh unless `reuse`."""
-    command = [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider",
-               "--reports-dir", str(tmp_path / "reports"), "--runs-dir", str(tmp_path / "runs"),
-               *(() if reuse else FRESH), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "experiments",
+        "-p",
+        "no:cacheprovider",
+        "--reports-dir",
+        str(tmp_path / "reports"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        *(() if reuse else FRESH),
+        *args,
+    ]
     if not any(a.startswith("--stack-dir") or a == "--fresh-stack" for a in args):
         command += ["--stack-dir", str(tmp_path / "stack")]
     return command
@@ -39,23 +50,42 @@ def suite_env(env: dict | None = None) -> dict[str, str]:
     return full_env
 
 
-def run_suite(*args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900,
-              reuse: bool = False) -> subprocess.CompletedProcess:
+def run_suite(
+    *args: str, tmp_path: Path, env: dict | None = None, timeout: int = 900, reuse: bool = False
+) -> subprocess.CompletedProcess:
     """The suite run to completion from the repo root (see suite_command, suite_env)."""
-    return subprocess.run(suite_command(*args, tmp_path=tmp_path, reuse=reuse), cwd=REPO, env=suite_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        suite_command(*args, tmp_path=tmp_path, reuse=reuse),
+        cwd=REPO,
+        env=suite_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_suite(*args: str, tmp_path: Path, env: dict | None = None, reuse: bool = False) -> subprocess.Popen:
     """The suite started in the background, its output merged into `stdout`, unbuffered
     (a test waits on its lines as they come)."""
-    return subprocess.Popen(suite_command(*args, tmp_path=tmp_path, reuse=reuse), cwd=REPO,
-                            env=suite_env({"PYTHONUNBUFFERED": "1", **(env or {})}),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        suite_command(*args, tmp_path=tmp_path, reuse=reuse),
+        cwd=REPO,
+        env=suite_env({"PYTHONUNBUFFERED": "1", **(env or {})}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def wait_for(condition, *, timeout: float, what: str, proc: subprocess.Popen | None = None, interval: float = 0.2,
-             output: "Output | None" = None):
+def wait_for(
+    condition,
+    *,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    interval: float = 0.2,
+    output: Output | None = None,
+):
     """Poll `condition` until it returns something truthy; fail naming `what` (and
     quoting the session's output when there is one)."""
     deadline = time.monotonic() + timeout
@@ -64,11 +94,14 @@ def wait_for(condition, *, timeout: float, what: str, proc: subprocess.Popen | N
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the session ended (exit {proc.returncode}) before {what}"
-                                 + (f":\n{output.wait_closed(10)[-4000:]}" if output else ""))
+            raise AssertionError(
+                f"the session ended (exit {proc.returncode}) before {what}"
+                + (f":\n{output.wait_closed(10)[-4000:]}" if output else "")
+            )
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
-                         + (f":\n{output.text[-4000:]}" if output else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f":\n{output.text[-4000:]}" if output else "")
+    )
 
 
 def session_of(output: str) -> str:

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import MICRO, run_suite
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack.mlflow_server import health
 from mlflow_cv_yolo.stack.process import ServiceProcess, free_port
-
-from helpers import MICRO, run_suite
 
 ADMIN = "admin"
 
@@ -26,17 +25,40 @@ def auth_server(tmp_path_factory):
     admin's password is generated and given through the environment, never argv."""
     folder = tmp_path_factory.mktemp("auth-server")
     config = folder / "basic_auth.ini"
-    config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'users.db'}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    config.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'users.db'}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     password, port = secrets.token_hex(12), free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
-    server = ServiceProcess("mlflow-auth", [
-        str(mlflow), "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], folder, env={
-        "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
-        log=lambda _: None)
+    server = ServiceProcess(
+        "mlflow-auth",
+        [
+            str(mlflow),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        folder,
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        },
+        log=lambda _: None,
+    )
     url = f"http://127.0.0.1:{port}"
     server.start()
     try:
@@ -49,8 +71,15 @@ def auth_server(tmp_path_factory):
 def test_suite_logs_in_from_the_environment_and_records_no_password(auth_server, data_yaml, tmp_path, monkeypatch):
     url, password = auth_server
     credentials = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password}
-    result = run_suite("--data", str(data_yaml), *MICRO, "--registered-model", "auth-probe",
-                       env={"MLFLOW_TRACKING_URI": url, **credentials}, tmp_path=tmp_path)
+    result = run_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--registered-model",
+        "auth-probe",
+        env={"MLFLOW_TRACKING_URI": url, **credentials},
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stack: external (MLFLOW_TRACKING_URI is set)" in result.stdout
     assert password not in result.stdout + result.stderr

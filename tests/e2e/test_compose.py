@@ -14,11 +14,10 @@ import uuid
 
 import pytest
 import yaml
+from helpers import MICRO, REPO, engine_missing, run_suite
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import docker_engine_answers
-
-from helpers import MICRO, REPO, engine_missing, run_suite
 
 COMPOSE = REPO / "compose.yaml"
 
@@ -35,8 +34,11 @@ def compose_tool() -> list[str] | None:
 
 
 def compose_env() -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (REPO / "compose.env").read_text().splitlines()
-                if line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in (REPO / "compose.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
 
 
 NO_TOOL = "no compose tool (docker compose, or docker-compose: apt-get install docker-compose) installed"
@@ -68,15 +70,23 @@ def test_compose_file_wires_a_healthy_localhost_stack():
     # A shared server: MLflow's basic-auth app, its users on a volume, its admin from compose.env.
     assert command.startswith("exec mlflow server --app-name basic-auth ")
     assert services["mlflow"]["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
-    assert services["mlflow"]["volumes"] == ["./docker/mlflow/basic_auth.ini:/etc/mlflow/basic_auth.ini:ro",
-                                             "mlflow-auth:/var/lib/mlflow-auth"]
+    assert services["mlflow"]["volumes"] == [
+        "./docker/mlflow/basic_auth.ini:/etc/mlflow/basic_auth.ini:ro",
+        "mlflow-auth:/var/lib/mlflow-auth",
+    ]
     auth = (REPO / "docker" / "mlflow" / "basic_auth.ini").read_text()
     assert "database_uri = sqlite:////var/lib/mlflow-auth/basic_auth.db" in auth and "admin_password" not in auth
     # Credentials come from the env file, not the compose file.
     assert all(s.get("env_file") == "compose.env" for s in services.values())
     env = compose_env()
-    assert {"MYSQL_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AUTH_ADMIN_USERNAME",
-            "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(env)
+    assert {
+        "MYSQL_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    } <= set(env)
     assert not any(value in COMPOSE.read_text() for key, value in env.items() if "PASSWORD" in key or "KEY" in key)
 
 
@@ -85,8 +95,13 @@ def test_compose_tool_parses_the_file():
     if tool is None:
         engine_missing(NO_TOOL)
     # `config` validates against the compose schema and resolves variables; it needs no engine.
-    result = subprocess.run([*tool, "-f", str(COMPOSE), "config"], cwd=REPO, capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("CV_YOLO_")})
+    result = subprocess.run(
+        [*tool, "-f", str(COMPOSE), "config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CV_YOLO_")},
+    )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)["services"]
     assert resolved["mysql"]["image"] == "mysql:8.4"
@@ -113,9 +128,11 @@ def _project_leftovers(project: str) -> list[str]:
     client = docker.from_env()
     try:
         label = f"com.docker.compose.project={project}"
-        return ([c.name for c in client.containers.list(all=True, filters={"label": label})] +
-                [v.name for v in client.volumes.list() if v.name.startswith(f"{project}_")] +
-                [n.name for n in client.networks.list() if n.name.startswith(f"{project}_")])
+        return (
+            [c.name for c in client.containers.list(all=True, filters={"label": label})]
+            + [v.name for v in client.volumes.list() if v.name.startswith(f"{project}_")]
+            + [n.name for n in client.networks.list() if n.name.startswith(f"{project}_")]
+        )
     finally:
         client.close()
 
@@ -135,10 +152,21 @@ def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml,
             urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
         assert refused.value.code == 401
         env = compose_env()
-        credentials = {"MLFLOW_TRACKING_USERNAME": env["MLFLOW_AUTH_ADMIN_USERNAME"],
-                       "MLFLOW_TRACKING_PASSWORD": env["MLFLOW_AUTH_ADMIN_PASSWORD"]}
-        result = run_suite("--stack", "external", "--data", str(data_yaml), *MICRO, "--registered-model",
-                           "compose-probe", env={"MLFLOW_TRACKING_URI": url, **credentials}, tmp_path=tmp_path)
+        credentials = {
+            "MLFLOW_TRACKING_USERNAME": env["MLFLOW_AUTH_ADMIN_USERNAME"],
+            "MLFLOW_TRACKING_PASSWORD": env["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        }
+        result = run_suite(
+            "--stack",
+            "external",
+            "--data",
+            str(data_yaml),
+            *MICRO,
+            "--registered-model",
+            "compose-probe",
+            env={"MLFLOW_TRACKING_URI": url, **credentials},
+            tmp_path=tmp_path,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert credentials["MLFLOW_TRACKING_PASSWORD"] not in result.stdout + result.stderr
         for name, value in credentials.items():  # this process's client logs in the same way
@@ -146,8 +174,10 @@ def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml,
         client = MlflowClient(url)
         version = client.get_model_version_by_alias("compose-probe", "staging")
         run = client.get_run(version.run_id)
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} == {"weights/best.pt",
-                                                                                       "weights/last.pt"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "weights")} == {
+            "weights/best.pt",
+            "weights/last.pt",
+        }
         # A client that takes the server's presigned S3 URLs (MLflow 3's default for
         # S3 artifacts) can follow them from the host: they name 127.0.0.1:9000.
         monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "true")
@@ -159,8 +189,7 @@ def test_suite_runs_against_compose_and_down_leaves_nothing(tmp_path, data_yaml,
             # docker-compose 1.x removes containers in parallel, and Podman refuses to
             # remove s3 while mlflow (in s3's network namespace) exists: mlflow goes first.
             # `docker compose` v2 removes dependents first by itself.
-            subprocess.run([*compose, "rm", "--stop", "--force", "mlflow"], cwd=REPO, capture_output=True,
-                           timeout=300)
+            subprocess.run([*compose, "rm", "--stop", "--force", "mlflow"], cwd=REPO, capture_output=True, timeout=300)
         down = subprocess.run([*compose, "down", "-v"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
     assert _project_leftovers(project) == []

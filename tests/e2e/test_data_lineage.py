@@ -12,12 +12,11 @@ from pathlib import Path
 
 import mlflow
 import yaml
+from helpers import MICRO, REPO, run_suite
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.data import lineage
 from mlflow_cv_yolo.stack.local import LocalStack
-
-from helpers import MICRO, REPO, run_suite
 
 
 def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -49,8 +48,9 @@ def test_model_version_leads_back_to_the_exact_data(tmp_path):
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
         if source["rev"]:
             subprocess.run(["git", "checkout", "-q", source["rev"], "--", "dvc.lock"], cwd=clone, check=True)
-        lineage.configure_remote(clone, url=source["url"], endpoint_url=info.s3.endpoint_url,
-                                 credential_path=info.s3.credentials_file)
+        lineage.configure_remote(
+            clone, url=source["url"], endpoint_url=info.s3.endpoint_url, credential_path=info.s3.credentials_file
+        )
         dvc("pull", "data/tiny_coco", cwd=clone)
         state = lineage.check_dataset(clone)
         assert state.clean and state.md5 == md5
@@ -73,8 +73,9 @@ def test_suite_refuses_stale_data_unless_allowed(tmp_path):
         assert refused.returncode == 4
         assert "data/tiny_coco differs from dvc.lock" in refused.stderr
         assert "`dvc repro`" in refused.stderr and "`dvc pull`" in refused.stderr
-        allowed = run_suite("--stack", "embedded", *MICRO, "--allow-dirty-data", "--no-promote",
-                            tmp_path=tmp_path / "allowed")
+        allowed = run_suite(
+            "--stack", "embedded", *MICRO, "--allow-dirty-data", "--no-promote", tmp_path=tmp_path / "allowed"
+        )
         assert allowed.returncode == 0, allowed.stdout[-3000:]
         assert "DIRTY: differs from dvc.lock" in allowed.stdout
     finally:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlflow_cv_yolo.data import synthetic
 from mlflow_cv_yolo.cli import main
+from mlflow_cv_yolo.data import synthetic
 from mlflow_cv_yolo.data.build import DatasetError, build_dataset
 
 COCO_PERSONS = Path(__file__).resolve().parents[2] / "data" / "coco_persons"
@@ -55,14 +55,18 @@ def test_builds_from_the_real_coco_person_set(tmp_path):
     assert result.counts == (40, 10, 10)
     assert result.boxes == 253  # every box of the source is a person box
     assert result.kind == "path" and result.source == str(COCO_PERSONS.resolve())
-    for split, count in zip(("train", "val", "test"), result.counts):
+    for split, count in zip(("train", "val", "test"), result.counts, strict=True):
         assert len(list((result.out_dir / "images" / split).glob("*.jpg"))) == count
         assert len(list((result.out_dir / "labels" / split).glob("*.txt"))) == count
     meta = yaml.safe_load(result.yaml_path.read_text())
     assert "path" not in meta
     assert {k: meta[k] for k in ("train", "val", "test", "names", "source")} == {
-        "train": "tiny_coco/images/train", "val": "tiny_coco/images/val", "test": "tiny_coco/images/test",
-        "names": {0: "person"}, "source": "path"}
+        "train": "tiny_coco/images/train",
+        "val": "tiny_coco/images/val",
+        "test": "tiny_coco/images/test",
+        "names": {0: "person"},
+        "source": "path",
+    }
     assert meta["source_ref"].startswith("tiny_coco (sha256 ")
     assert (result.out_dir / "source.json").is_file()
 
@@ -81,7 +85,8 @@ def test_synthetic_set_opens_in_ultralytics(tmp_path):
         for image in images:
             label = result.out_dir / "labels" / split / f"{image.stem}.txt"
             _, lb, shape, _, _, missing, found, empty, corrupt, msg = verify_image_label(
-                (str(image), str(label), "", False, 1, 0, 0, False))
+                (str(image), str(label), "", False, 1, 0, 0, False)
+            )
             assert (missing, found, empty, corrupt) == (0, 1, 0, 0), msg
             assert shape == (128, 128) and (lb[:, 0] == 0).all()
             boxes += len(lb)
@@ -108,6 +113,7 @@ def test_keeps_person_images_and_person_boxes_only(tmp_path, source):
     assert not any(result.out_dir.glob("*/*/img1.*"))
     assert result.boxes == sum(len(text.splitlines()) for text in labels)
     from PIL import Image
+
     with Image.open(next(result.out_dir.glob("images/train/*.jpg"))) as im:
         assert im.size == (32, 32)
 
@@ -182,8 +188,9 @@ def test_an_undecodable_image_and_an_image_without_label(tmp_path, source):
     (source / "labels/train/img5.txt").unlink()
     with pytest.raises(DatasetError) as error:
         build(source, tmp_path / "out", counts=(4, 2, 1))
-    assert str(error.value).startswith(f"{source / 'images/train/img5.jpg'}: no label file "
-                                       f"{source / 'labels/train/img5.txt'}")
+    assert str(error.value).startswith(
+        f"{source / 'images/train/img5.jpg'}: no label file {source / 'labels/train/img5.txt'}"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -198,21 +205,39 @@ def test_a_failed_build_leaves_the_previous_one_untouched(tmp_path, source):
 
 
 def test_too_few_person_images_gives_the_numbers(tmp_path, source):
-    with pytest.raises(DatasetError, match=r"^need 60 person images \(40 train \+ 10 val \+ 10 test\), "
-                                           r"source has 7 \("):
+    with pytest.raises(
+        DatasetError,
+        match=r"^need 60 person images \(40 train \+ 10 val \+ 10 test\), "
+        r"source has 7 \(",
+    ):
         build(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_exit_code_and_one_line_error(tmp_path, source):
     (source / "labels/train/img6.txt").write_text("0 0.5 0.5 0.2 0.2 0.1\n")
-    args = ["dataset", "build", "--source", str(source), "--out", str(tmp_path / "out/tiny_coco"),
-            "--yaml", str(tmp_path / "out/tiny_coco.yaml"), "--train", "4", "--val", "2", "--test", "1"]
-    done = subprocess.run([sys.executable, "-m", "mlflow_cv_yolo", *args], capture_output=True, text=True,
-                          timeout=60)
+    args = [
+        "dataset",
+        "build",
+        "--source",
+        str(source),
+        "--out",
+        str(tmp_path / "out/tiny_coco"),
+        "--yaml",
+        str(tmp_path / "out/tiny_coco.yaml"),
+        "--train",
+        "4",
+        "--val",
+        "2",
+        "--test",
+        "1",
+    ]
+    done = subprocess.run([sys.executable, "-m", "mlflow_cv_yolo", *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"error: {source / 'labels/train/img6.txt'}:1: expected 5 fields "
-                                        f"(class x_center y_center width height), got 6: '0 0.5 0.5 0.2 0.2 0.1'"]
+    assert done.stderr.splitlines() == [
+        f"error: {source / 'labels/train/img6.txt'}:1: expected 5 fields "
+        f"(class x_center y_center width height), got 6: '0 0.5 0.5 0.2 0.2 0.1'"
+    ]
     assert not (tmp_path / "out").exists()
     (source / "labels/train/img6.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     assert main(args) == 0

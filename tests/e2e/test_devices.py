@@ -3,24 +3,23 @@ and weights from a CUDA-less run loaded and used on the CPU by the pyfunc model.
 
 from __future__ import annotations
 
-import threading
-import time
 from types import SimpleNamespace
 
 import pytest
-
-from mlflow_cv_yolo.train import devices, training
-from mlflow_cv_yolo.train.devices import (DeviceError, Found, Placement, describe, place, select, slot,
-                                    workers_to_start)
-from mlflow_cv_yolo.train.grid import GridError, expand, load_grid
-
 from helpers import MICRO, REPO, run_suite
 
-@pytest.mark.parametrize("device, error", [
-    ("gpu", "ERROR: --device gpu: expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
-    ("0", "ERROR: --device 0: CUDA is not available here (no CUDA, no mps); use --device cpu or auto"),
-    ("mps", "ERROR: --device mps: Apple's Metal (mps) exists only on macOS; this is linux (no CUDA, no mps)"),
-])
+from mlflow_cv_yolo.train import devices, training
+from mlflow_cv_yolo.train.grid import expand, load_grid
+
+
+@pytest.mark.parametrize(
+    "device, error",
+    [
+        ("gpu", "ERROR: --device gpu: expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
+        ("0", "ERROR: --device 0: CUDA is not available here (no CUDA, no mps); use --device cpu or auto"),
+        ("mps", "ERROR: --device mps: Apple's Metal (mps) exists only on macOS; this is linux (no CUDA, no mps)"),
+    ],
+)
 def test_a_device_this_machine_lacks_stops_the_session_before_anything_starts(tmp_path, device, error):
     if devices.probe().cuda:
         pytest.skip("this machine has CUDA: --device 0 would train")
@@ -40,8 +39,12 @@ def test_weights_of_a_cuda_less_run_load_and_predict_on_the_cpu(tmp_path, data_y
 
     from mlflow_cv_yolo.detector import COLUMNS, YoloDetector
 
-    (run,) = expand(load_grid(REPO / "experiments" / "grid.yaml",
-                              [("epochs", ["1"]), ("imgsz", ["64"]), ("lr0", ["0.01"]), ("seed", ["1"])]))
+    (run,) = expand(
+        load_grid(
+            REPO / "experiments" / "grid.yaml",
+            [("epochs", ["1"]), ("imgsz", ["64"]), ("lr0", ["0.01"]), ("seed", ["1"])],
+        )
+    )
     result = training.train(run, data=data_yaml, model="yolov8n.yaml", project=tmp_path, threads=2, device="cpu")
     assert result.amp is False and result.peak_gpu_memory_mb is None
     saved = torch.load(result.best, map_location="cpu", weights_only=False)
@@ -55,8 +58,10 @@ def test_weights_of_a_cuda_less_run_load_and_predict_on_the_cpu(tmp_path, data_y
     boxes = detector.predict(None, str(image), params={"conf": 0.001, "imgsz": 64})
     assert list(boxes.columns) == COLUMNS
     with Image.open(image) as picture:  # the detector reads every input through PIL
-        expected = YOLO(str(result.best)).predict(picture.convert("RGB"), conf=0.001, imgsz=64, device="cpu",
-                                                  verbose=False)[0]
+        expected = YOLO(str(result.best)).predict(
+            picture.convert("RGB"), conf=0.001, imgsz=64, device="cpu", verbose=False
+        )[0]
     assert len(boxes) == len(expected.boxes)
-    assert training.evaluate(result.best, data=data_yaml, imgsz=64, split="val", project=tmp_path,
-                             name="val", device="cpu").keys() == {"mAP50-95", "mAP50"}
+    assert training.evaluate(
+        result.best, data=data_yaml, imgsz=64, split="val", project=tmp_path, name="val", device="cpu"
+    ).keys() == {"mAP50-95", "mAP50"}

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import MICRO, engine_missing, run_suite
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import docker_engine_answers
 from mlflow_cv_yolo.stack.containers import DockerStack
-
-from helpers import MICRO, engine_missing, run_suite
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,15 +28,19 @@ def containers_using(folder: Path) -> list[str]:
 
     client = docker.from_env()
     try:
-        return [c.name for c in client.containers.list(all=True)
-                if any(m.get("Source", "").startswith(str(folder)) for m in c.attrs.get("Mounts", []))]
+        return [
+            c.name
+            for c in client.containers.list(all=True)
+            if any(m.get("Source", "").startswith(str(folder)) for m in c.attrs.get("Mounts", []))
+        ]
     finally:
         client.close()
 
 
 def test_docker_stack_session_lands_runs_artifacts_and_model_and_leaves_no_container(tmp_path, data_yaml):
-    result = run_suite("--stack", "docker", "--data", str(data_yaml), *MICRO, "--registered-model", "docker-probe",
-                       tmp_path=tmp_path)
+    result = run_suite(
+        "--stack", "docker", "--data", str(data_yaml), *MICRO, "--registered-model", "docker-probe", tmp_path=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stack: docker (--stack docker)" in result.stdout
     assert "metadata: mysql 127.0.0.1:" in result.stdout
@@ -70,12 +73,26 @@ def test_worker_crash_leaves_no_container(tmp_path, data_yaml):
     (os._exit: no teardown at all) leaves the controller's teardown intact."""
     plugin = tmp_path / "plugins" / "crash_gw1.py"
     plugin.parent.mkdir()
-    plugin.write_text("import os\n\n\ndef pytest_runtest_call(item):\n"
-                      "    if os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n        os._exit(3)\n")
-    result = run_suite("--stack", "docker", "--data", str(data_yaml), *MICRO, "--set", "seed=1,2", "-n", "2",
-                       "-p", "crash_gw1", "--no-promote", tmp_path=tmp_path,
-                       env={"PYTHONPATH": os.pathsep.join(filter(None, [str(plugin.parent),
-                                                                         os.environ.get("PYTHONPATH")]))})
+    plugin.write_text(
+        "import os\n\n\ndef pytest_runtest_call(item):\n"
+        "    if os.environ.get('PYTEST_XDIST_WORKER') == 'gw1':\n        os._exit(3)\n"
+    )
+    result = run_suite(
+        "--stack",
+        "docker",
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "seed=1,2",
+        "-n",
+        "2",
+        "-p",
+        "crash_gw1",
+        "--no-promote",
+        tmp_path=tmp_path,
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(plugin.parent), os.environ.get("PYTHONPATH")]))},
+    )
     output = result.stdout + result.stderr
     assert "crashed" in output, output[-3000:]
     assert result.returncode != 0

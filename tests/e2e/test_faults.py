@@ -11,17 +11,21 @@ import socket
 import time
 
 import psutil
+from helpers import MICRO, Output, processes_of, run_suite, session_of, session_runs, start_suite, wait_for
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.runs.training_run import check_run
 from mlflow_cv_yolo.stack.local import LocalStack
 
-from helpers import MICRO, Output, processes_of, run_suite, session_of, session_runs, start_suite, wait_for
-
 
 def tracking_url(output: Output, proc) -> str:
-    return wait_for(lambda: next((m.group(1) for m in re.finditer(r"^  mlflow: (http://\S+)$", output.text, re.M)),
-                                 None), timeout=300, what="the stack's header", proc=proc, output=output)
+    return wait_for(
+        lambda: next((m.group(1) for m in re.finditer(r"^  mlflow: (http://\S+)$", output.text, re.M)), None),
+        timeout=300,
+        what="the stack's header",
+        proc=proc,
+        output=output,
+    )
 
 
 def service_pid(state, name: str) -> int:
@@ -33,15 +37,36 @@ def test_a_killed_controller_is_cleaned_up_by_the_next_session(tmp_path, data_ya
     next session on the same stack folder stops what it left and marks its RUNNING runs
     KILLED, and the FINISHED runs have every file (S3 wrote them through)."""
     first = tmp_path / "first"
-    proc = start_suite("--stack", "local", "--stack-dir", str(tmp_path / "stack"), "-n", "2", "--data",
-                       str(data_yaml), *MICRO, "--set", "seed=1,2,3", "--set", "epochs=2", "--no-promote",
-                       tmp_path=first)
+    proc = start_suite(
+        "--stack",
+        "local",
+        "--stack-dir",
+        str(tmp_path / "stack"),
+        "-n",
+        "2",
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "seed=1,2,3",
+        "--set",
+        "epochs=2",
+        "--no-promote",
+        tmp_path=first,
+    )
     output = Output(proc)
     client = MlflowClient(tracking_url(output, proc))
-    session = wait_for(lambda: next((line.split()[1].rstrip(",") for line in output.lines
-                                     if line.startswith("session: ")), None), timeout=60, what="the session id")
-    finished = lambda: [r for n, r in session_runs(client, session).items()  # noqa: E731
-                        if n.startswith("seed") and r.info.status == "FINISHED"]
+    session = wait_for(
+        lambda: next((line.split()[1].rstrip(",") for line in output.lines if line.startswith("session: ")), None),
+        timeout=60,
+        what="the session id",
+    )
+
+    def finished():
+        return [
+            r for n, r in session_runs(client, session).items() if n.startswith("seed") and r.info.status == "FINISHED"
+        ]
+
     wait_for(lambda: len(finished()) >= 2, timeout=600, what="two FINISHED runs", proc=proc, interval=1)
     # The stack's services run in sessions of their own; the xdist workers in the controller's.
     workers = [p for p in psutil.Process(proc.pid).children() if os.getpgid(p.pid) == os.getpgid(proc.pid)]
@@ -52,12 +77,25 @@ def test_a_killed_controller_is_cleaned_up_by_the_next_session(tmp_path, data_ya
     assert alive == []  # the workers followed their controller
     kept = {r.info.run_id for r in finished()}
 
-    second = run_suite("--stack", "local", "--stack-dir", str(tmp_path / "stack"), "--data", str(data_yaml), *MICRO,
-                       "--no-promote", tmp_path=tmp_path / "second")
+    second = run_suite(
+        "--stack",
+        "local",
+        "--stack-dir",
+        str(tmp_path / "stack"),
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--no-promote",
+        tmp_path=tmp_path / "second",
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Traceback" not in second.stdout + second.stderr
-    assert re.search(rf"^\[session\] session {session} was killed before it ended: marked its \d+ RUNNING runs "
-                     r"KILLED$", second.stderr, re.M), second.stderr[-3000:]
+    assert re.search(
+        rf"^\[session\] session {session} was killed before it ended: marked its \d+ RUNNING runs "
+        r"KILLED$",
+        second.stderr,
+        re.M,
+    ), second.stderr[-3000:]
 
     with LocalStack(tmp_path / "stack", log=lambda _: None) as info:
         client = MlflowClient(info.tracking_uri)
@@ -76,20 +114,34 @@ def test_stack_services_killed_mid_grid_are_restarted(tmp_path, data_yaml):
     each comes back on its port within seconds, said in one line, and the run finishes
     with every epoch and file."""
     state = tmp_path / "stack" / "local"
-    proc = start_suite("--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=12", "--no-promote",
-                       tmp_path=tmp_path)
+    proc = start_suite(
+        "--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=12", "--no-promote", tmp_path=tmp_path
+    )
     output = Output(proc)
     tracking_url(output, proc)
-    wait_for(lambda: list((tmp_path / "runs").rglob("results.csv")), timeout=300, what="training under way",
-             proc=proc, output=output)
+    wait_for(
+        lambda: list((tmp_path / "runs").rglob("results.csv")),
+        timeout=300,
+        what="training under way",
+        proc=proc,
+        output=output,
+    )
     mlflow_leader = psutil.Process(service_pid(state, "mlflow"))
     uvicorn = next(p for p in mlflow_leader.children(recursive=True) if "uvicorn" in " ".join(p.cmdline()))
-    for name, pid in (("s3", service_pid(state, "s3")), ("mysql", service_pid(state, "mysql")),
-                      ("mlflow", uvicorn.pid)):
+    for name, pid in (
+        ("s3", service_pid(state, "s3")),
+        ("mysql", service_pid(state, "mysql")),
+        ("mlflow", uvicorn.pid),
+    ):
         before = len(re.findall(r" back after ", output.text))
         psutil.Process(pid).send_signal(signal.SIGKILL)
-        wait_for(lambda: len(re.findall(r" back after ", output.text)) > before, timeout=120,
-                 what=f"{name} restarted", proc=proc, output=output)
+        wait_for(
+            lambda before=before: len(re.findall(r" back after ", output.text)) > before,
+            timeout=120,
+            what=f"{name} restarted",
+            proc=proc,
+            output=output,
+        )
     proc.wait(timeout=600)
     text = output.wait_closed(30)
     assert proc.returncode == 0, text[-4000:]
@@ -103,12 +155,18 @@ def test_stack_services_killed_mid_grid_are_restarted(tmp_path, data_yaml):
 
 def test_a_stack_that_cannot_be_restarted_ends_the_session_within_a_minute(tmp_path, data_yaml):
     state = tmp_path / "stack" / "local"
-    proc = start_suite("--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=40", "--no-promote",
-                       tmp_path=tmp_path)
+    proc = start_suite(
+        "--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=40", "--no-promote", tmp_path=tmp_path
+    )
     output = Output(proc)
     tracking_url(output, proc)
-    wait_for(lambda: list((tmp_path / "runs").rglob("results.csv")), timeout=300, what="training under way",
-             proc=proc, output=output)
+    wait_for(
+        lambda: list((tmp_path / "runs").rglob("results.csv")),
+        timeout=300,
+        what="training under way",
+        proc=proc,
+        output=output,
+    )
     s3 = psutil.Process(service_pid(state, "s3"))
     port = next(c.laddr.port for c in s3.net_connections() if c.status == psutil.CONN_LISTEN)
     with socket.socket() as squatter:

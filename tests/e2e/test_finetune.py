@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from helpers import MICRO, REPO, run_suite
+from mlflow.tracking import MlflowClient
 
 CHECKPOINT = REPO / "data" / "weights" / "yolov8n-synthetic.pt"
 SYNTHETIC = REPO / "data" / "synthetic.yaml"
@@ -47,8 +46,9 @@ def checkpoint():
     """The checkpoint and its data, built by `dvc repro checkpoint` where a clone lacks them."""
     if not (CHECKPOINT.is_file() and SYNTHETIC.is_file()):
         env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-        result = subprocess.run([sys.executable, "-m", "dvc", "repro", "checkpoint"], cwd=REPO, env=env,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "checkpoint"], cwd=REPO, env=env, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return CHECKPOINT
 
@@ -64,8 +64,10 @@ def test_checkpoint_is_the_locked_bytes_and_keeps_no_path_or_date(checkpoint):
     assert sorted(saved) == ["model", "train_args"]
     assert str(REPO).encode() not in checkpoint.read_bytes()
     if cpu_model() != LOCKED_ON:
-        pytest.skip(f"dvc.lock's checkpoint was built on a {LOCKED_ON!r} and this CPU is a {cpu_model()!r}, "
-                    "whose float rounding differs: the bytes are checked on the CPU model the lock was made on")
+        pytest.skip(
+            f"dvc.lock's checkpoint was built on a {LOCKED_ON!r} and this CPU is a {cpu_model()!r}, "
+            "whose float rounding differs: the bytes are checked on the CPU model the lock was made on"
+        )
     committed = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=REPO, capture_output=True, text=True, check=True)
     (locked,) = yaml.safe_load(committed.stdout)["stages"]["checkpoint"]["outs"]
     assert hashlib.md5(checkpoint.read_bytes()).hexdigest() == locked["md5"]
@@ -83,8 +85,17 @@ def test_fine_tuned_checkpoint_is_gated_by_min_map_both_ways(checkpoint, local_s
     model = f"finetune-{uuid.uuid4().hex[:6]}"
     env = {"MLFLOW_TRACKING_URI": local_stack.tracking_uri}
     # min_map_scratch is set out of reach: only the pretrained threshold can let a run through.
-    args = ("--data", str(SYNTHETIC), "--model", str(checkpoint), *MICRO, "--registered-model", model,
-            "--min-map-scratch", "0.99")
+    args = (
+        "--data",
+        str(SYNTHETIC),
+        "--model",
+        str(checkpoint),
+        *MICRO,
+        "--registered-model",
+        model,
+        "--min-map-scratch",
+        "0.99",
+    )
 
     passes = run_suite(*args, "--min-map", str(LOW), env=env, tmp_path=tmp_path / "passes")
     assert passes.returncode == 0, passes.stdout[-3000:] + passes.stderr[-3000:]
@@ -103,7 +114,11 @@ def test_fine_tuned_checkpoint_is_gated_by_min_map_both_ways(checkpoint, local_s
     high = round(gate["value"] + 0.05, 4)
     fails = run_suite(*args, "--min-map", str(high), env=env, tmp_path=tmp_path / "fails")
     assert fails.returncode == 1, fails.stdout[-3000:] + fails.stderr[-3000:]
-    value = next(c for c in decision(fails, tmp_path / "fails")["criteria"] if c["name"] == "best mAP50-95 (val)")["value"]
-    line = f"promotion gate FAILED: best mAP50-95 (val) = {value:.4f}, needs >= {high:.4f} (short by {high - value:.4f})"
+    value = next(c for c in decision(fails, tmp_path / "fails")["criteria"] if c["name"] == "best mAP50-95 (val)")[
+        "value"
+    ]
+    line = (
+        f"promotion gate FAILED: best mAP50-95 (val) = {value:.4f}, needs >= {high:.4f} (short by {high - value:.4f})"
+    )
     assert line in fails.stdout.splitlines()
     assert [v.version for v in client.search_model_versions(f"name = '{model}'")] == [version.version]

@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from helpers import MICRO, REPO, run_suite
 
 
@@ -36,8 +35,11 @@ def refused(tmp_path: Path, *args: str, env: dict | None = None, micro: bool = T
     for written in ("stack", "reports", "runs"):
         assert not (tmp_path / written).exists(), f"{written} was written"
     # argparse's refusals come after a usage line, which names no value
-    return [line for line in result.stderr.splitlines()
-            if line.startswith(("ERROR:", "python -m pytest: error:")) and not line.startswith("ERROR: usage:")]
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith(("ERROR:", "python -m pytest: error:")) and not line.startswith("ERROR: usage:")
+    ]
 
 
 def test_malformed_grid_yaml(tmp_path):
@@ -50,15 +52,26 @@ def test_malformed_grid_yaml(tmp_path):
 GRID = "model: yolov8n.yaml\noptimizer: SGD\nepochs: 1\nbatch: 8\nimgsz: 64\nlr0: 0.01\nseed: 1\n"
 
 
-@pytest.mark.parametrize("change, error", [
-    ({"colour": "red"}, "grid file {grid}: unknown key 'colour' (allowed: model, optimizer, epochs, batch, imgsz, "
-                        "lr0, seed, amp, gate)"),
-    ({"epochs": "[1, two]"}, "epochs=two: must be an integer"),
-    ({"lr0": "[0.01, 0.0100000001]"}, "two grid points have the same test id 'lr0.01' (lr0=0.01 and "
-                                      "0.0100000001): give values that differ when printed"),
-    ({"model": "[yolov8n.yaml, yolov8s.yaml]"}, "model=yolov8n.yaml,yolov8s.yaml: one model per session (run the "
-                                                "suite once per model)"),
-])
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (
+            {"colour": "red"},
+            "grid file {grid}: unknown key 'colour' (allowed: model, optimizer, epochs, batch, imgsz, "
+            "lr0, seed, amp, gate)",
+        ),
+        ({"epochs": "[1, two]"}, "epochs=two: must be an integer"),
+        (
+            {"lr0": "[0.01, 0.0100000001]"},
+            "two grid points have the same test id 'lr0.01' (lr0=0.01 and "
+            "0.0100000001): give values that differ when printed",
+        ),
+        (
+            {"model": "[yolov8n.yaml, yolov8s.yaml]"},
+            "model=yolov8n.yaml,yolov8s.yaml: one model per session (run the suite once per model)",
+        ),
+    ],
+)
 def test_bad_grid_values(tmp_path, change, error):
     grid = tmp_path / "grid.yaml"
     lines = dict(line.split(": ", 1) for line in GRID.splitlines())
@@ -72,11 +85,14 @@ def test_invalid_dataset_yaml(tmp_path, tiny_coco):
     assert refused(tmp_path, "--data", str(data)) == [f"ERROR: --data {data}: field 'val' is missing"]
 
 
-@pytest.mark.parametrize("damage, error", [
-    ("class", "{label}:1: class 5 is not one of the dataset's 1 names (0..0)"),
-    ("coordinate", "{label}:1: x_center 1.7 is outside [0, 1] (coordinates are normalised)"),
-    ("truncated", "{image}: cannot decode image (OSError: image file is truncated"),
-])
+@pytest.mark.parametrize(
+    "damage, error",
+    [
+        ("class", "{label}:1: class 5 is not one of the dataset's 1 names (0..0)"),
+        ("coordinate", "{label}:1: x_center 1.7 is outside [0, 1] (coordinates are normalised)"),
+        ("truncated", "{image}: cannot decode image (OSError: image file is truncated"),
+    ],
+)
 def test_broken_labels_and_images_are_named(tmp_path, tiny_coco, damage, error):
     data = small_dataset(tmp_path, tiny_coco)
     image = first(data.parent / "images" / "val", "*.jpg")
@@ -94,18 +110,22 @@ def test_broken_labels_and_images_are_named(tmp_path, tiny_coco, damage, error):
 def test_unknown_model_is_refused_before_the_stack(tmp_path):
     assert refused(tmp_path, "--model", "yolov8nn.pt") == [
         "ERROR: model 'yolov8nn.pt': no such file here, and ultralytics releases no weights of that name "
-        "(did you mean yolov8n.pt?)"]
+        "(did you mean yolov8n.pt?)"
+    ]
 
 
 def test_tracking_uri_that_is_not_a_url(tmp_path):
     lines = refused(tmp_path, "--stack", "auto", env={"MLFLOW_TRACKING_URI": "not-a-url"})
-    assert lines == ["ERROR: MLFLOW_TRACKING_URI='not-a-url': not the http(s) URL of an MLflow tracking server "
-                     "(e.g. http://127.0.0.1:5000)"]
+    assert lines == [
+        "ERROR: MLFLOW_TRACKING_URI='not-a-url': not the http(s) URL of an MLflow tracking server "
+        "(e.g. http://127.0.0.1:5000)"
+    ]
 
 
 def test_thresholds_out_of_range(tmp_path):
     assert refused(tmp_path, "--min-improvement", "nan") == [
-        "python -m pytest: error: argument --min-improvement: invalid margin value: 'nan'"]
+        "python -m pytest: error: argument --min-improvement: invalid margin value: 'nan'"
+    ]
     assert refused(tmp_path, "-o", "min_map=1.5") == ["ERROR: pytest.ini min_map = '1.5': 1.5 is not in [0, 1]"]
 
 
@@ -114,12 +134,15 @@ def test_a_stack_that_cannot_start_has_its_own_exit_status(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = run_suite("--stack", "external", *MICRO, tmp_path=tmp_path,
-                       env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    result = run_suite(
+        "--stack", "external", *MICRO, tmp_path=tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    )
     assert result.returncode == 6, result.stdout[-2000:] + result.stderr[-2000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("Exit:")]
-    assert line.startswith(f"Exit: --stack external: MLFLOW_TRACKING_URI=http://127.0.0.1:{port}: no MLflow server "
-                           f"answers at http://127.0.0.1:{port}/health")
+    assert line.startswith(
+        f"Exit: --stack external: MLFLOW_TRACKING_URI=http://127.0.0.1:{port}: no MLflow server "
+        f"answers at http://127.0.0.1:{port}/health"
+    )
 
 
 def test_the_project_tests_never_read_the_grid(tmp_path):
@@ -127,6 +150,20 @@ def test_the_project_tests_never_read_the_grid(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_grid.py", "-q", "-p", "no:cacheprovider",
-                             "--grid", str(tmp_path / "missing.yaml")], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_grid.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--grid",
+            str(tmp_path / "missing.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-2000:]

@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
+from helpers import REPO
 
 from mlflow_cv_yolo.train import interrupts, training
 from mlflow_cv_yolo.train.grid import expand, load_grid
-from helpers import REPO
 
 
 @pytest.fixture
@@ -55,7 +55,12 @@ def test_an_ignored_sigint_stays_ignored(handlers):
 def test_training_stops_at_the_next_batch_after_a_lost_ctrl_c(handlers, tmp_path, data_yaml):
     """The record set by an earlier, swallowed signal stops real training after its
     first batch, before any epoch is written."""
-    run = expand(load_grid(REPO / "experiments" / "grid.yaml", [("epochs", ["5"]), ("imgsz", ["64"]), ("lr0", ["0.01"]), ("seed", ["1"])]))[0]
+    run = expand(
+        load_grid(
+            REPO / "experiments" / "grid.yaml",
+            [("epochs", ["5"]), ("imgsz", ["64"]), ("lr0", ["0.01"]), ("seed", ["1"])],
+        )
+    )[0]
     interrupts._requested.set()
     with pytest.raises(KeyboardInterrupt, match="lost in a callback"):
         training.train(run, data=data_yaml, model="yolov8n.yaml", project=tmp_path, threads=1)

@@ -28,8 +28,13 @@ SMALL = {"source": "synthetic", "train": 6, "val": 2, "test": 2, "imgsz": 64, "s
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=root,
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -101,8 +106,9 @@ def test_edited_missing_or_unlocked_data_is_stale(project):
     assert "`dvc repro`" in str(error.value) and "`dvc pull`" in str(error.value)
 
     shutil.rmtree(project / "data/tiny_coco")
-    assert lineage.check_dataset(project).problems == [f"data/tiny_coco: missing (dvc.lock records "
-                                                       f"{lock_md5(project)})"]
+    assert lineage.check_dataset(project).problems == [
+        f"data/tiny_coco: missing (dvc.lock records {lock_md5(project)})"
+    ]
     (project / "dvc.lock").unlink()
     state = lineage.check_dataset(project)
     assert (state.clean, state.md5) == (False, None)
@@ -125,8 +131,13 @@ def s3():
     try:
         host, port = server.get_host_and_port()
         endpoint = {"endpoint_url": f"http://{host}:{port}", "access_key": "test-key", "secret_key": "test-secret"}
-        boto3.client("s3", endpoint_url=endpoint["endpoint_url"], aws_access_key_id="test-key",
-                     aws_secret_access_key="test-secret", region_name="us-east-1").create_bucket(Bucket="stack")
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint["endpoint_url"],
+            aws_access_key_id="test-key",
+            aws_secret_access_key="test-secret",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="stack")
         yield endpoint
     finally:
         server.stop()
@@ -143,8 +154,13 @@ def test_push_delete_pull_round_trip_byte_for_byte(project, s3, tmp_path, monkey
     for config in (project / ".dvc/config", project / ".dvc/config.local"):
         assert "test-secret" not in config.read_text() and "test-key" not in config.read_text()
     assert local_remote(project) == {
-        "url": "s3://stack/dvc", "endpointurl": s3["endpoint_url"], "credentialpath": str(keys),
-        "region": "us-east-1", "connect_timeout": "5", "read_timeout": "60"}
+        "url": "s3://stack/dvc",
+        "endpointurl": s3["endpoint_url"],
+        "credentialpath": str(keys),
+        "region": "us-east-1",
+        "connect_timeout": "5",
+        "read_timeout": "60",
+    }
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     assert git(project, "status", "--porcelain") == ""  # config.local is ignored, nothing else changed
     assert lineage.remote_url(project) == "s3://stack/dvc"
@@ -156,8 +172,13 @@ def test_push_delete_pull_round_trip_byte_for_byte(project, s3, tmp_path, monkey
     assert os.environ["AWS_SHARED_CREDENTIALS_FILE"] == str(keys)
     found = boto3.Session().get_credentials()
     assert (found.access_key, found.secret_key) == ("test-key", "test-secret")
-    client = boto3.client("s3", endpoint_url=s3["endpoint_url"], aws_access_key_id="test-key",
-                          aws_secret_access_key="test-secret", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3["endpoint_url"],
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
+        region_name="us-east-1",
+    )
     stored = client.list_objects_v2(Bucket="stack", Prefix="dvc/")["KeyCount"]
     assert stored == len(before)
 
@@ -187,7 +208,6 @@ def test_dataset_input_is_on_the_run(project, tmp_path):
     assert len(inputs) == 1
     logged = inputs[0].dataset
     assert (logged.name, logged.digest, logged.source_type) == ("tiny_coco", md5, "dvc")
-    assert json.loads(logged.source) == {"url": "s3://stack/dvc", "rev": commit, "path": "data/tiny_coco",
-                                         "repo": None}
+    assert json.loads(logged.source) == {"url": "s3://stack/dvc", "rev": commit, "path": "data/tiny_coco", "repo": None}
     assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "training")]
     assert mlflow.data.get_source(inputs[0]).rev == commit

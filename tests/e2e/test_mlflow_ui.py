@@ -46,8 +46,10 @@ def test_a_deleted_experiment_is_named_not_reused(server):
     client.delete_experiment(gone)
     with pytest.raises(MlflowException) as raised:
         tracking.ensure_experiment(client, "gone")
-    assert raised.value.message == (f"experiment 'gone' (id {gone}) is deleted: restore it with `mlflow experiments "
-                                    f"restore --experiment-id {gone}` or choose another experiment name")
+    assert raised.value.message == (
+        f"experiment 'gone' (id {gone}) is deleted: restore it with `mlflow experiments "
+        f"restore --experiment-id {gone}` or choose another experiment name"
+    )
 
 
 def test_link_forms():
@@ -56,7 +58,8 @@ def test_link_forms():
     assert tracking.runs_view_url(base, "7", search="tags.`suite.session` = 's1'", order_by=BEST) == (
         f"{base}/#/experiments/7/runs?workflowType=machine_learning"
         "&searchFilter=tags.%60suite.session%60%20%3D%20%27s1%27"
-        "&orderByKey=metrics.%60best%2FmAP50-95%60&orderByAsc=false")
+        "&orderByKey=metrics.%60best%2FmAP50-95%60&orderByAsc=false"
+    )
     assert tracking.run_url(base, "7", "abc") == f"{base}/#/experiments/7/runs/abc?workflowType=machine_learning"
     with pytest.raises(ValueError) as raised:
         tracking.run_url("sqlite:///x.db", "7", "abc")
@@ -69,8 +72,9 @@ def test_runs_view_lists_the_runs_with_their_metric(server, browser, tmp_path):
     parent = client.create_run(experiment_id, run_name="session-s1", tags={tracking.TAG_KIND: "session"})
     runs = {}
     for name, best in (("imgsz64-seed1", 0.25), ("imgsz64-seed42", 0.5)):
-        run = client.create_run(experiment_id, run_name=name,
-                                tags={"mlflow.parentRunId": parent.info.run_id, tracking.TAG_KIND: "grid"})
+        run = client.create_run(
+            experiment_id, run_name=name, tags={"mlflow.parentRunId": parent.info.run_id, tracking.TAG_KIND: "grid"}
+        )
         for epoch in (1, 2):
             client.log_metric(run.info.run_id, "mAP50-95", best * epoch / 2, step=epoch)
         client.log_metric(run.info.run_id, "best/mAP50-95", best)

@@ -21,15 +21,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mlflow_cv_yolo.detector import ACCEPTED, COLUMNS, encode_images, to_images
 from mlflow_cv_yolo.runs import tracking
 from mlflow_cv_yolo.train import training
-from mlflow_cv_yolo.detector import ACCEPTED, COLUMNS, encode_images, to_images
 from mlflow_cv_yolo.train.grid import expand, load_grid
-from helpers import REPO
 
 NAME = "tiny-person-detector"
 # A model trained from scratch for one epoch scores every box near 0: at this
@@ -40,10 +40,13 @@ LOW = {"conf": 0.001, "imgsz": 160}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_yaml) -> training.TrainResult:
-    run = expand(load_grid(REPO / "experiments" / "grid.yaml",
-                           [("epochs", ["1"]), ("imgsz", ["64"]), ("lr0", ["0.01"]), ("seed", ["1"])]))[0]
-    return training.train(run, data=data_yaml, model="yolov8n.yaml", project=tmp_path_factory.mktemp("runs"),
-                          threads=2)
+    run = expand(
+        load_grid(
+            REPO / "experiments" / "grid.yaml",
+            [("epochs", ["1"]), ("imgsz", ["64"]), ("lr0", ["0.01"]), ("seed", ["1"])],
+        )
+    )[0]
+    return training.train(run, data=data_yaml, model="yolov8n.yaml", project=tmp_path_factory.mktemp("runs"), threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +102,12 @@ def test_every_input_form_gives_the_same_boxes(model, images, wide):
     reference = model.predict(str(first), params=LOW)
     assert list(reference.columns) == COLUMNS and len(reference) > 0
     assert set(reference["image"]) == {0}
-    forms = {"Path": first, "numpy RGB": rgb(first), "PIL": Image.open(first),
-             "base64 DataFrame": encode_images([first])}
+    forms = {
+        "Path": first,
+        "numpy RGB": rgb(first),
+        "PIL": Image.open(first),
+        "base64 DataFrame": encode_images([first]),
+    }
     for form, value in forms.items():
         pd.testing.assert_frame_equal(model.predict(value, params=LOW), reference, check_exact=True, obj=form)
     # The model gets the picture it is given: another one, 200 px high, gets its own boxes.
@@ -114,11 +121,13 @@ def test_every_input_form_gives_the_same_boxes(model, images, wide):
         assert np.array_equal(np.asarray(to_images(value)[0]), rgb(first)), form
     # A list: one `image` index per input, in order, each with its own boxes.
     both = pd.concat([reference, other.assign(image=1)], ignore_index=True)
-    for form, value in {"paths": [str(first), second], "numpy": [rgb(first), rgb(second)],
-                        "PIL": [Image.open(first), Image.open(second)],
-                        "base64 DataFrame": encode_images([first, second])}.items():
-        pd.testing.assert_frame_equal(model.predict(value, params=LOW), both, check_exact=True,
-                                      obj=f"list of {form}")
+    for form, value in {
+        "paths": [str(first), second],
+        "numpy": [rgb(first), rgb(second)],
+        "PIL": [Image.open(first), Image.open(second)],
+        "base64 DataFrame": encode_images([first, second]),
+    }.items():
+        pd.testing.assert_frame_equal(model.predict(value, params=LOW), both, check_exact=True, obj=f"list of {form}")
 
 
 def test_params_schema_still_applies(model, images):
@@ -126,13 +135,21 @@ def test_params_schema_still_applies(model, images):
     # but the columns and dtypes of the output schema.
     empty = model.predict(str(images[0]))
     assert list(empty.columns) == COLUMNS and len(empty) == 0
-    assert dict(empty.dtypes.astype(str)) == {"image": "int64", "class": "int64", "confidence": "float64",
-                                              "x1": "float64", "y1": "float64", "x2": "float64", "y2": "float64"}
+    assert dict(empty.dtypes.astype(str)) == {
+        "image": "int64",
+        "class": "int64",
+        "confidence": "float64",
+        "x1": "float64",
+        "y1": "float64",
+        "x2": "float64",
+        "y2": "float64",
+    }
     # No input schema (MLflow would turn away every form but one); outputs and params have theirs.
     assert model.metadata.signature.inputs is None
     assert model.metadata.signature.params.to_dict() == [
         {"name": "conf", "type": "double", "default": 0.25, "shape": None},
-        {"name": "imgsz", "type": "long", "default": 64, "shape": None}]
+        {"name": "imgsz", "type": "long", "default": 64, "shape": None},
+    ]
     with pytest.raises(MlflowException) as raised:  # MLflow's own check, before predict
         model.predict(str(images[0]), params={"imgsz": "large"})
     assert raised.value.message.startswith("Invalid parameters found: {('imgsz', ")
@@ -145,13 +162,16 @@ def test_predict_runs_where_torch_sees_a_gpu(model, images):
     assert detector.model.predictor.device.type == expected
 
 
-@pytest.mark.parametrize("bad, what", [
-    (np.zeros((8, 8), np.uint8), "image 0 is an array of shape (8, 8) and dtype uint8"),
-    (np.zeros((8, 8, 3), np.float32), "image 0 is an array of shape (8, 8, 3) and dtype float32"),
-    (pd.DataFrame({"path": ["a.jpg"]}), "the DataFrame has columns ['path'], no 'image'"),
-    (pd.DataFrame({"image": ["not base64!"]}), "row 0 of column 'image' is not a base64-encoded image file"),
-    ([b"bytes"], "image 0 is a bytes"),
-])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        (np.zeros((8, 8), np.uint8), "image 0 is an array of shape (8, 8) and dtype uint8"),
+        (np.zeros((8, 8, 3), np.float32), "image 0 is an array of shape (8, 8, 3) and dtype float32"),
+        (pd.DataFrame({"path": ["a.jpg"]}), "the DataFrame has columns ['path'], no 'image'"),
+        (pd.DataFrame({"image": ["not base64!"]}), "row 0 of column 'image' is not a base64-encoded image file"),
+        ([b"bytes"], "image 0 is a bytes"),
+    ],
+)
 def test_bad_input_gets_one_line_naming_it(model, bad, what):
     with pytest.raises(MlflowException) as raised:
         model.predict(bad)
@@ -170,8 +190,9 @@ def _free_port() -> int:
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -195,10 +216,28 @@ def served(model_uri, local_stack, tmp_path):
     log = tmp_path / "serve.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": local_stack.tracking_uri}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-                                 "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -228,15 +267,18 @@ def served(model_uri, local_stack, tmp_path):
 
 def test_rest_server_answers_a_base64_image(served, model, images):
     frame = encode_images(images)
-    status, body = _post(f"{served}/invocations",
-                         {"dataframe_split": frame.to_dict(orient="split", index=False), "params": LOW})
+    status, body = _post(
+        f"{served}/invocations", {"dataframe_split": frame.to_dict(orient="split", index=False), "params": LOW}
+    )
     assert status == 200, body
     expected = model.predict(frame, params=LOW)
     assert len(expected) > 0
-    pd.testing.assert_frame_equal(pd.DataFrame(body["predictions"], columns=COLUMNS).astype(expected.dtypes),
-                                  expected, check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(body["predictions"], columns=COLUMNS).astype(expected.dtypes), expected, check_exact=True
+    )
     status, body = _post(f"{served}/invocations", {"dataframe_split": {"columns": ["path"], "data": [["a.jpg"]]}})
     assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
     # MLflow's server puts its own prefix (with the data) before predict's message.
-    assert body["message"].endswith(f"Error: model input: the DataFrame has columns ['path'], no 'image'; "
-                                    f"expected {ACCEPTED}"), body["message"]
+    assert body["message"].endswith(
+        f"Error: model input: the DataFrame has columns ['path'], no 'image'; expected {ACCEPTED}"
+    ), body["message"]

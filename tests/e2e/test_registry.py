@@ -9,22 +9,30 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import MICRO, run_suite, session_of, session_runs
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.decide.promotion import Decision, promote
 
-from helpers import MICRO, run_suite, session_of, session_runs
-
 
 @pytest.fixture(scope="module")
 def candidate(local_stack, data_yaml, tmp_path_factory) -> str:
     """A FINISHED run of a real (tiny) session, not promoted."""
-    result = run_suite("--data", str(data_yaml), *MICRO, "--no-promote", tmp_path=tmp_path_factory.mktemp("run"),
-                       env={"MLFLOW_TRACKING_URI": local_stack.tracking_uri})
+    result = run_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--no-promote",
+        tmp_path=tmp_path_factory.mktemp("run"),
+        env={"MLFLOW_TRACKING_URI": local_stack.tracking_uri},
+    )
     assert result.returncode == 0, result.stdout[-3000:]
-    (run,) = [r for r in session_runs(MlflowClient(local_stack.tracking_uri), session_of(result.stdout)).values()
-              if r.data.tags["suite.kind"] == "grid"]
+    (run,) = [
+        r
+        for r in session_runs(MlflowClient(local_stack.tracking_uri), session_of(result.stdout)).values()
+        if r.data.tags["suite.kind"] == "grid"
+    ]
     return run.info.run_id
 
 

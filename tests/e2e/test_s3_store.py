@@ -17,14 +17,13 @@ import boto3
 import mlflow
 import pytest
 from botocore.exceptions import ClientError
+from helpers import group_alive, pid_groups, processes_of
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import s3_store
 from mlflow_cv_yolo.stack.local import LocalStack
 from mlflow_cv_yolo.stack.process import free_port, port_in_use
 from mlflow_cv_yolo.stack.s3 import S3Server
-
-from helpers import group_alive, pid_groups, processes_of
 
 BIG = 9 * 1024 * 1024  # above boto3's 8 MB multipart threshold: the upload completes in parts
 
@@ -37,8 +36,13 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def client(port: int):
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                        aws_access_key_id="any", aws_secret_access_key="any")
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+    )
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -52,8 +56,9 @@ def test_the_store_runs_as_a_plain_script_and_keeps_what_it_acknowledged(tmp_pat
     script = shutil.copy(s3_store.__file__, tmp_path / "s3-server")
     data, port = tmp_path / "data", free_port()
     # The package made unimportable: the script must not need it.
-    run = (f"import runpy, sys; sys.modules['mlflow_cv_yolo'] = None; "
-           f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    run = (
+        f"import runpy, sys; sys.modules['mlflow_cv_yolo'] = None; runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
     argv = [sys.executable, "-c", run, "server", str(data), "--address", f"127.0.0.1:{port}"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -62,10 +67,16 @@ def test_the_store_runs_as_a_plain_script_and_keeps_what_it_acknowledged(tmp_pat
         s3 = client(port)
         s3.create_bucket(Bucket="bkt")
         big = os.urandom(BIG)
-        expected = {"bkt/plain.txt": b"hello", "bkt/deep/path/with space%25ü.bin": os.urandom(1000),
-                    "bkt/copy.txt": b"hello", "bkt/big.bin": big}
+        expected = {
+            "bkt/plain.txt": b"hello",
+            "bkt/deep/path/with space%25ü.bin": os.urandom(1000),
+            "bkt/copy.txt": b"hello",
+            "bkt/big.bin": big,
+        }
         s3.put_object(Bucket="bkt", Key="plain.txt", Body=b"hello")
-        s3.put_object(Bucket="bkt", Key="deep/path/with space%25ü.bin", Body=expected["bkt/deep/path/with space%25ü.bin"])
+        s3.put_object(
+            Bucket="bkt", Key="deep/path/with space%25ü.bin", Body=expected["bkt/deep/path/with space%25ü.bin"]
+        )
         s3.copy_object(Bucket="bkt", Key="copy.txt", CopySource={"Bucket": "bkt", "Key": "plain.txt"})
         s3.upload_file(str(_write(tmp_path / "big", big)), "bkt", "big.bin")
         s3.put_object(Bucket="bkt", Key="gone/one", Body=b"1")
@@ -81,8 +92,10 @@ def test_the_store_runs_as_a_plain_script_and_keeps_what_it_acknowledged(tmp_pat
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_port(port, proc)
         s3 = client(port)
-        served = {f"bkt/{o['Key']}": s3.get_object(Bucket="bkt", Key=o["Key"])["Body"].read()
-                  for o in s3.list_objects_v2(Bucket="bkt")["Contents"]}
+        served = {
+            f"bkt/{o['Key']}": s3.get_object(Bucket="bkt", Key=o["Key"])["Body"].read()
+            for o in s3.list_objects_v2(Bucket="bkt")["Contents"]
+        }
         assert served == expected
     finally:
         proc.kill()

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pymysql
 import pytest
+from helpers import MICRO, REPO, pid_groups, suite_command, suite_env
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack.base import load_credentials
 from mlflow_cv_yolo.stack.local import LocalStack
 from mlflow_cv_yolo.stack.mysql import MySQLServer
-
-from helpers import MICRO, REPO, pid_groups, suite_command, suite_env
 
 SECRETS = ("mysql_password", "mysql_root_password", "s3_secret_key")
 
@@ -46,8 +45,13 @@ def test_a_session_shows_no_secret(tmp_path):
     state = tmp_path / "stack" / "local"
     output = tmp_path / "session.log"
     with open(output, "w") as out:
-        proc = subprocess.Popen(suite_command("--stack", "local", *MICRO, tmp_path=tmp_path), cwd=REPO,
-                                env=suite_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            suite_command("--stack", "local", *MICRO, tmp_path=tmp_path),
+            cwd=REPO,
+            env=suite_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         snapshots = []
         deadline = time.monotonic() + 900
         while proc.poll() is None and time.monotonic() < deadline:
@@ -57,8 +61,12 @@ def test_a_session_shows_no_secret(tmp_path):
     assert proc.returncode == 0, output.read_text()[-3000:]
     secrets = secrets_of(state)
     # The scan saw the stack: its server processes, their arguments included.
-    assert any(str(state / "mysql" / "data") in s and f"{state / 's3' / 'objects'}" in s and
-               " server --artifacts-destination s3://mlflow/artifacts" in s for s in snapshots)
+    assert any(
+        str(state / "mysql" / "data") in s
+        and f"{state / 's3' / 'objects'}" in s
+        and " server --artifacts-destination s3://mlflow/artifacts" in s
+        for s in snapshots
+    )
     assert [s for s in snapshots if shown(secrets, s)] == []
 
     written = [p for p in tmp_path.rglob("*") if p.is_file() and (tmp_path / "stack") not in p.parents]
@@ -118,8 +126,11 @@ def test_mariadb_root_needs_the_generated_password(stack):
     stack, info = stack
     root_password = secrets_of(stack.state_dir)["mysql_root_password"]
     for host in ("127.0.0.1", None):  # TCP, and the socket
-        where = {"host": host, "port": info.mysql.port} if host else {
-            "unix_socket": str(stack.state_dir / "mysql" / "mysqld.sock")}
+        where = (
+            {"host": host, "port": info.mysql.port}
+            if host
+            else {"unix_socket": str(stack.state_dir / "mysql" / "mysqld.sock")}
+        )
         with pytest.raises(pymysql.err.OperationalError) as refused:
             pymysql.connect(user="root", password="", connect_timeout=5, **where)
         assert refused.value.args[0] == 1045  # access denied

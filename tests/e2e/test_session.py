@@ -12,9 +12,8 @@ import uuid
 import mlflow
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import MICRO, run_suite, session_of, session_runs, start_suite, wait_for
+from mlflow.tracking import MlflowClient
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -39,8 +38,19 @@ def results_csvs(tmp_path):
 
 def test_partial_grid_is_decided_over_and_says_so(tmp_path, client, stack_env, data_yaml):
     model = f"partial-{uuid.uuid4().hex[:6]}"
-    result = run_suite("--data", str(data_yaml), *MICRO, "--set", "seed=1,2", "-k", "seed1", "--registered-model",
-                       model, env=stack_env, tmp_path=tmp_path)
+    result = run_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "seed=1,2",
+        "-k",
+        "seed1",
+        "--registered-model",
+        model,
+        env=stack_env,
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     record = json.loads((tmp_path / "reports" / session_of(result.stdout) / "decision.json").read_text())
     assert (record["outcome"], record["scope"]) == ("promoted", "partial grid: 1 of 2 configurations")
@@ -60,19 +70,36 @@ def test_a_failed_run_blocks_promotion_and_keeps_its_traceback(tmp_path, client,
         "def train(run, **kwargs):\n"
         "    if run.seed == 2:\n"
         "        kwargs['callbacks'] = {**(kwargs.get('callbacks') or {}), 'on_train_batch_end': _boom}\n"
-        "    return _train(run, **kwargs)\n\n\ntraining.train = train\n")
+        "    return _train(run, **kwargs)\n\n\ntraining.train = train\n"
+    )
     model = f"failed-{uuid.uuid4().hex[:6]}"
-    result = run_suite("--data", str(data_yaml), *MICRO, "--set", "seed=1,2", "-p", "fail_seed2",
-                       "--registered-model", model, tmp_path=tmp_path,
-                       env={**stack_env, "PYTHONPATH": os.pathsep.join([str(plugins), os.environ["PYTHONPATH"]])
-                            if os.environ.get("PYTHONPATH") else str(plugins)})
+    result = run_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "seed=1,2",
+        "-p",
+        "fail_seed2",
+        "--registered-model",
+        model,
+        tmp_path=tmp_path,
+        env={
+            **stack_env,
+            "PYTHONPATH": os.pathsep.join([str(plugins), os.environ["PYTHONPATH"]])
+            if os.environ.get("PYTHONPATH")
+            else str(plugins),
+        },
+    )
     assert result.returncode == 1, result.stdout[-3000:]
     lines = result.stdout.splitlines()
     assert "decision: not promoted: incomplete session (1 of 2 runs finished; 1 failed)" in lines
     assert versions(client, model) == []
     runs = session_runs(client, session_of(result.stdout))
     assert {name: r.info.status for name, r in runs.items() if name.startswith("seed")} == {
-        "seed1": "FINISHED", "seed2": "FAILED"}
+        "seed1": "FINISHED",
+        "seed2": "FAILED",
+    }
     parent = next(r for r in runs.values() if r.data.tags["suite.kind"] == "session")
     assert parent.info.status == "FAILED"
     mlflow.set_tracking_uri(client.tracking_uri)
@@ -82,8 +109,21 @@ def test_a_failed_run_blocks_promotion_and_keeps_its_traceback(tmp_path, client,
 
 def test_a_worker_killed_mid_training_fails_its_run_only(tmp_path, client, stack_env, data_yaml):
     model = f"crash-{uuid.uuid4().hex[:6]}"
-    proc = start_suite("-n", "2", "--data", str(data_yaml), *MICRO, "--set", "seed=1,2", "--set", "epochs=4",
-                       "--registered-model", model, env=stack_env, tmp_path=tmp_path)
+    proc = start_suite(
+        "-n",
+        "2",
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "seed=1,2",
+        "--set",
+        "epochs=4",
+        "--registered-model",
+        model,
+        env=stack_env,
+        tmp_path=tmp_path,
+    )
     wait_for(lambda: len(results_csvs(tmp_path)) == 2, timeout=300, what="both workers training", proc=proc)
     victim = psutil.Process(proc.pid).children()[0]
     victim.send_signal(signal.SIGKILL)
@@ -99,19 +139,32 @@ def test_a_worker_killed_mid_training_fails_its_run_only(tmp_path, client, stack
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_an_interrupted_session_promotes_nothing_and_leaves_nothing_running(tmp_path, client, stack_env, data_yaml,
-                                                                             sig):
+def test_an_interrupted_session_promotes_nothing_and_leaves_nothing_running(
+    tmp_path, client, stack_env, data_yaml, sig
+):
     model = f"interrupted-{uuid.uuid4().hex[:6]}"
-    proc = start_suite("--data", str(data_yaml), *MICRO, "--set", "epochs=30", "--registered-model", model,
-                       env=stack_env, tmp_path=tmp_path)
+    proc = start_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "epochs=30",
+        "--registered-model",
+        model,
+        env=stack_env,
+        tmp_path=tmp_path,
+    )
     wait_for(lambda: results_csvs(tmp_path), timeout=300, what="training under way", proc=proc)
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
-    assert "decision: not promoted: incomplete session (0 of 1 runs finished; 1 not run; interrupted)" in \
-        output.splitlines()
+    assert (
+        "decision: not promoted: incomplete session (0 of 1 runs finished; 1 not run; interrupted)"
+        in output.splitlines()
+    )
     assert versions(client, model) == []
     runs = session_runs(client, session_of(output))
     assert {r.info.status for r in runs.values()} == {"KILLED"}
     assert {r.data.tags["suite.end_reason"] for r in runs.values() if r.data.tags["suite.kind"] == "grid"} == {
-        "interrupted (Ctrl-C or SIGTERM) during training"}
+        "interrupted (Ctrl-C or SIGTERM) during training"
+    }

@@ -94,8 +94,10 @@ def test_leftover_from_killed_session_is_stopped(tmp_path):
     """A service whose session died without teardown (SIGKILL) is found by its pid
     file and stopped by the next start."""
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
-    session = ("import sys; from pathlib import Path; from mlflow_cv_yolo.stack.process import ServiceProcess; "
-               f"ServiceProcess('sleeper', {sleeper!r}, Path({str(tmp_path)!r})).start()")
+    session = (
+        "import sys; from pathlib import Path; from mlflow_cv_yolo.stack.process import ServiceProcess; "
+        f"ServiceProcess('sleeper', {sleeper!r}, Path({str(tmp_path)!r})).start()"
+    )
     subprocess.run([sys.executable, "-c", session], check=True)  # exits, leaving the service behind
     orphan = int((tmp_path / "sleeper.pid").read_text().split()[0])
     assert group_alive(orphan)
@@ -142,8 +144,10 @@ def test_a_database_that_refuses_the_mlflow_start_is_a_service_error(tmp_path):
     s3 = S3Endpoint("http://127.0.0.1:9", "key", "secret", "mlflow")
     with pytest.raises(ServiceError) as raised:
         start_mlflow_on(Stack(tmp_path), mysql, s3, reset=lambda: None)
-    assert str(raised.value) == (f"mysql at 127.0.0.1:{port}: cannot connect: Can't connect to MySQL server on "
-                                 f"'127.0.0.1' ([Errno 111] Connection refused)")
+    assert str(raised.value) == (
+        f"mysql at 127.0.0.1:{port}: cannot connect: Can't connect to MySQL server on "
+        f"'127.0.0.1' ([Errno 111] Connection refused)"
+    )
 
 
 def test_mysql_port_taken_gives_one_clear_line(tmp_path):
@@ -198,7 +202,7 @@ def test_suite_on_local_stack_leaves_no_process(tmp_path, data_yaml):
     assert "stack: local (--stack local)" in result.stdout
     assert "metadata: mysql 127.0.0.1:" in result.stdout
     state = tmp_path / "stack" / "local"
-    assert (state / "mysql" / "data" / "mlflow").is_dir()   # the database survived for the UI
+    assert (state / "mysql" / "data" / "mlflow").is_dir()  # the database survived for the UI
     assert list(state.rglob("*.pid")) == [] or [p.name for p in state.rglob("*.pid")] == ["mysqld.pid"]
     out = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True).stdout
     assert out == ""
@@ -206,10 +210,12 @@ def test_suite_on_local_stack_leaves_no_process(tmp_path, data_yaml):
 
 def test_ctrl_c_stops_the_stack(tmp_path, data_yaml):
     """SIGINT in the middle of a session stops every process the stack started."""
-    command = suite_command("--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=30",
-                            "--no-promote", tmp_path=tmp_path)
-    proc = subprocess.Popen(command, cwd=REPO, env=suite_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    command = suite_command(
+        "--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=30", "--no-promote", tmp_path=tmp_path
+    )
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=suite_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     state = tmp_path / "stack" / "local"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (state / "mlflow" / "schema-ready").exists():
@@ -231,8 +237,13 @@ def test_interrupted_first_migration_starts_from_a_fresh_database(tmp_path):
     """Tables without the marker of a first healthy start = a half-migrated schema."""
     stack = LocalStack(tmp_path, log=lambda _: None)
     creds = stack.credentials()
-    mysql = MySQLServer(tmp_path / "local" / "mysql", user=creds["mysql_user"], password=creds["mysql_password"],
-                        root_password=creds["mysql_root_password"], log=lambda _: None)
+    mysql = MySQLServer(
+        tmp_path / "local" / "mysql",
+        user=creds["mysql_user"],
+        password=creds["mysql_password"],
+        root_password=creds["mysql_root_password"],
+        log=lambda _: None,
+    )
     endpoint = mysql.start()
     conn = endpoint.connect()
     with conn.cursor() as cur:  # what an interrupted alembic run leaves: some tables, no usable schema
@@ -251,8 +262,12 @@ def test_ui_command_reopens_a_kept_stack(tmp_path):
     with EmbeddedStack(tmp_path, log=lambda _: None) as info:
         client = MlflowClient(info.tracking_uri)
         experiment = client.create_experiment("kept")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow_cv_yolo", "ui", "--stack", "embedded", "--stack-dir",
-                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_cv_yolo", "ui", "--stack", "embedded", "--stack-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"MLflow UI on the embedded stack in {tmp_path}: http://127.0.0.1:"), line

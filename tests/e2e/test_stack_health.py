@@ -13,14 +13,13 @@ import threading
 import time
 
 import pytest
+from helpers import processes_of
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack import CLIENT_RETRY_ENV
 from mlflow_cv_yolo.stack.local import LocalStack
 from mlflow_cv_yolo.stack.monitor import HealthMonitor
 from mlflow_cv_yolo.stack.process import port_in_use
-
-from helpers import processes_of
 
 
 @pytest.fixture
@@ -73,8 +72,11 @@ class Client(threading.Thread):
 def kill(stack: LocalStack, name: str) -> None:
     leader = service(stack, name).process.proc.pid
     if name == "mlflow":  # its serving process is the leader's uvicorn child, not the leader
-        leader = int(subprocess.run(["pgrep", "-P", str(leader), "-f", "uvicorn"], capture_output=True,
-                                    text=True, check=True).stdout.split()[0])
+        leader = int(
+            subprocess.run(
+                ["pgrep", "-P", str(leader), "-f", "uvicorn"], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+        )
     os.kill(leader, signal.SIGKILL)
 
 

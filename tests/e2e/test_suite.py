@@ -8,12 +8,11 @@ import uuid
 
 import mlflow
 import pytest
+from helpers import MICRO, run_suite
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.train import devices
 from mlflow_cv_yolo.detector import COLUMNS, encode_images
-
-from helpers import MICRO, run_suite
+from mlflow_cv_yolo.train import devices
 
 WORKERS_ASKED = 3  # the grid session's -n
 
@@ -26,21 +25,30 @@ def collect(*args, tmp_path):
 def test_collect_only_lists_the_grid_and_k_selects_slices(tmp_path):
     assert len(collect(tmp_path=tmp_path)) == 8
     assert collect("-k", "imgsz416", tmp_path=tmp_path) == [
-        "imgsz416-lr0.005-seed1", "imgsz416-lr0.005-seed42", "imgsz416-lr0.01-seed1", "imgsz416-lr0.01-seed42"]
-    assert collect("-k", "imgsz416 and seed42", tmp_path=tmp_path) == ["imgsz416-lr0.005-seed42",
-                                                                       "imgsz416-lr0.01-seed42"]
+        "imgsz416-lr0.005-seed1",
+        "imgsz416-lr0.005-seed42",
+        "imgsz416-lr0.01-seed1",
+        "imgsz416-lr0.01-seed42",
+    ]
+    assert collect("-k", "imgsz416 and seed42", tmp_path=tmp_path) == [
+        "imgsz416-lr0.005-seed42",
+        "imgsz416-lr0.01-seed42",
+    ]
     assert not (tmp_path / "stack").exists()  # collecting starts no stack
 
 
-@pytest.mark.parametrize("args, line", [
-    (["--set", "epochs=0"], "ERROR: epochs=0: must be an integer >= 1"),
-    (["--set", "imgsz=100"], "ERROR: imgsz=100: must be a positive multiple of 32 (the YOLO stride)"),
-    (["--set", "colour=red"], "ERROR: --set colour: unknown key"),
-    (["--set", "lr0=0"], "ERROR: lr0=0: must be a finite number > 0"),
-    (["--set", "lr0"], "ERROR: --set lr0: expected KEY=VALUE[,VALUE...]"),
-    (["--data", "missing.yaml"], "ERROR: --data missing.yaml: dataset yaml not found"),
-    (["--min-map", "2"], "--min-map: invalid fraction value: '2'"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--set", "epochs=0"], "ERROR: epochs=0: must be an integer >= 1"),
+        (["--set", "imgsz=100"], "ERROR: imgsz=100: must be a positive multiple of 32 (the YOLO stride)"),
+        (["--set", "colour=red"], "ERROR: --set colour: unknown key"),
+        (["--set", "lr0=0"], "ERROR: lr0=0: must be a finite number > 0"),
+        (["--set", "lr0"], "ERROR: --set lr0: expected KEY=VALUE[,VALUE...]"),
+        (["--data", "missing.yaml"], "ERROR: --data missing.yaml: dataset yaml not found"),
+        (["--min-map", "2"], "--min-map: invalid fraction value: '2'"),
+    ],
+)
 def test_bad_options_fail_at_collection_with_one_line(tmp_path, args, line):
     result = run_suite("--collect-only", *args, tmp_path=tmp_path)
     assert result.returncode == 4, result.stdout + result.stderr
@@ -58,18 +66,39 @@ def grid_session(tmp_path_factory, local_stack, stack_env, data_yaml):
     tmp = tmp_path_factory.mktemp("grid")
     model = f"e2e-{uuid.uuid4().hex[:6]}"
     # -n 3: on a machine with fewer cores (this one has 2), one worker a core starts.
-    result = run_suite("-n", str(WORKERS_ASKED), "--data", str(data_yaml), *MICRO, "--set", "epochs=2",
-                       "--set", "lr0=0.002,0.02", "--set", "seed=7,8", "--registered-model", model,
-                       "--promote-to", "production",
-                       env=stack_env, tmp_path=tmp)
+    result = run_suite(
+        "-n",
+        str(WORKERS_ASKED),
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "epochs=2",
+        "--set",
+        "lr0=0.002,0.02",
+        "--set",
+        "seed=7,8",
+        "--registered-model",
+        model,
+        "--promote-to",
+        "production",
+        env=stack_env,
+        tmp_path=tmp,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     client = MlflowClient(local_stack.tracking_uri)
     session = next(line.split()[1].rstrip(",") for line in result.stdout.splitlines() if line.startswith("session: "))
     experiment = client.get_experiment_by_name("cv_yolo_tiny")
     runs = client.search_runs([experiment.experiment_id], f"tags.`suite.session` = '{session}'")
-    return {"result": result, "client": client, "session": session, "model": model, "tmp": tmp,
-            "grid": {r.info.run_name: r for r in runs if r.data.tags["suite.kind"] == "grid"},
-            "parent": next(r for r in runs if r.data.tags["suite.kind"] == "session")}
+    return {
+        "result": result,
+        "client": client,
+        "session": session,
+        "model": model,
+        "tmp": tmp,
+        "grid": {r.info.run_name: r for r in runs if r.data.tags["suite.kind"] == "grid"},
+        "parent": next(r for r in runs if r.data.tags["suite.kind"] == "session"),
+    }
 
 
 def test_session_prints_stack_weights_table_and_decision(grid_session):
@@ -85,8 +114,16 @@ def test_the_terminal_has_no_third_party_noise(grid_session):
     """Nothing but pytest's and the suite's own lines: no MLflow INFO lines, progress
     bars or run links, no warnings summary of other libraries' warnings."""
     out = grid_session["result"].stdout
-    for noise in ("INFO", "🏃", "View run", "Downloading artifacts", "Successfully registered", "Created version",
-                  "warnings summary", "it/s]"):
+    for noise in (
+        "INFO",
+        "🏃",
+        "View run",
+        "Downloading artifacts",
+        "Successfully registered",
+        "Created version",
+        "warnings summary",
+        "it/s]",
+    ):
         assert noise not in out, noise
 
 
@@ -97,8 +134,14 @@ def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
         assert run.info.status == "FINISHED"
         params = run.data.params
         assert {k: params[k] for k in ("epochs", "imgsz", "seed", "batch", "optimizer", "model", "model_used")} == {
-            "epochs": "2", "imgsz": "64", "seed": name[-1], "batch": "8", "optimizer": "SGD", "model": "yolov8n.pt",
-            "model_used": "yolov8n.yaml"}
+            "epochs": "2",
+            "imgsz": "64",
+            "seed": name[-1],
+            "batch": "8",
+            "optimizer": "SGD",
+            "model": "yolov8n.pt",
+            "model_used": "yolov8n.yaml",
+        }
         assert {"data", "data_yaml_sha256", "version.ultralytics", "version.torch", "version.mlflow"} <= set(params)
         assert run.data.tags["pretrained"] == "false" and run.data.tags["suite.stack"] == "external"
         assert run.data.tags["mlflow.parentRunId"] == grid_session["parent"].info.run_id
@@ -107,8 +150,16 @@ def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
         for metric in ("best/mAP50-95", "best/mAP50", "best/precision", "best/recall"):
             assert 0.0 <= run.data.metrics[metric] <= 1.0
         files = {a.path for folder in ("", "plots", "weights") for a in client.list_artifacts(run.info.run_id, folder)}
-        assert {"results.csv", "args.yaml", "plots/results.png", "plots/confusion_matrix.png", "plots/BoxPR_curve.png",
-                "plots/BoxF1_curve.png", "weights/best.pt", "weights/last.pt"} <= files
+        assert {
+            "results.csv",
+            "args.yaml",
+            "plots/results.png",
+            "plots/confusion_matrix.png",
+            "plots/BoxPR_curve.png",
+            "plots/BoxF1_curve.png",
+            "weights/best.pt",
+            "weights/last.pt",
+        } <= files
         # The run page's password-free view: no credential of the stack is a param or tag.
         assert not any("password" in k.lower() or "secret" in k.lower() for k in {**params, **run.data.tags})
 
@@ -120,9 +171,11 @@ def cpu_line(requested: str, asked: int) -> str:
     threads, slots = max(1, cpus // workers), min(workers, cpus)
     why = "auto: no CUDA, no mps" if requested == "auto" else f"--device {requested}; found no CUDA, no mps"
     started = "" if workers == asked else f" of -n {asked} (one a core: the others would wait for a core)"
-    return (f"devices: cpu ({why}) — {workers} worker{'s' if workers > 1 else ''}{started}, {threads} thread"
-            f"{'s' if threads > 1 else ''} each, {slots} training slot{'s' if slots > 1 else ''} on {cpus} core"
-            f"{'s' if cpus > 1 else ''}")
+    return (
+        f"devices: cpu ({why}) — {workers} worker{'s' if workers > 1 else ''}{started}, {threads} thread"
+        f"{'s' if threads > 1 else ''} each, {slots} training slot{'s' if slots > 1 else ''} on {cpus} core"
+        f"{'s' if cpus > 1 else ''}"
+    )
 
 
 def test_auto_device_resolves_to_the_cpu_here_and_runs_record_it(grid_session):
@@ -142,8 +195,10 @@ def test_auto_device_resolves_to_the_cpu_here_and_runs_record_it(grid_session):
 
 def test_lr0_changes_the_learning_rate_curve(grid_session):
     client, grid = grid_session["client"], grid_session["grid"]
-    curves = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr/pg0"),
-                                               key=lambda m: m.step)] for name, run in grid.items()}
+    curves = {
+        name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr/pg0"), key=lambda m: m.step)]
+        for name, run in grid.items()
+    }
     assert curves["lr0.02-seed7"] == curves["lr0.02-seed8"]  # the schedule depends on lr0, not the seed
     assert curves["lr0.002-seed7"] != curves["lr0.02-seed7"]
     assert max(curves["lr0.02-seed7"]) > max(curves["lr0.002-seed7"])
@@ -152,8 +207,11 @@ def test_lr0_changes_the_learning_rate_curve(grid_session):
 def test_artifacts_are_objects_in_the_bucket(grid_session, local_stack):
     run = grid_session["grid"]["lr0.02-seed7"]
     s3 = local_stack.s3.client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=local_stack.s3.bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=local_stack.s3.bucket)
+        for o in page.get("Contents", [])
+    ]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/weights/best.pt") for k in keys)
 
 
@@ -178,10 +236,15 @@ def test_candidate_gets_test_split_metrics_and_decision_record(grid_session):
     candidate = client.get_run(record["candidate_run_id"])
     assert {"test/mAP50-95", "test/mAP50"} <= set(candidate.data.metrics)
     assert record["outcome"] == "promoted" and "TRAINING FROM SCRATCH" in record["reason"]
-    assert [c["name"] for c in record["criteria"]] == ["complete session", "best mAP50-95 (val)",
-                                                        "improvement over champion"]
+    assert [c["name"] for c in record["criteria"]] == [
+        "complete session",
+        "best mAP50-95 (val)",
+        "improvement over champion",
+    ]
     assert {a.path for a in client.list_artifacts(candidate.info.run_id, "decision")} == {
-        "decision/decision.md", "decision/decision.json"}
+        "decision/decision.md",
+        "decision/decision.json",
+    }
     report = {a.path for a in client.list_artifacts(grid_session["parent"].info.run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/curves_map.png"} <= report
 
@@ -210,14 +273,29 @@ def test_configurations_are_ranked_over_their_two_seeds(grid_session):
 
 
 def test_same_configuration_reproduces_its_metrics(grid_session, stack_env, data_yaml, tmp_path):
-    result = run_suite("-n", "2", "--data", str(data_yaml), *MICRO, "--set", "epochs=2", "--set", "lr0=0.02",
-                       "--set", "seed=7", "--no-promote", env=stack_env, tmp_path=tmp_path)
+    result = run_suite(
+        "-n",
+        "2",
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--set",
+        "epochs=2",
+        "--set",
+        "lr0=0.02",
+        "--set",
+        "seed=7",
+        "--no-promote",
+        env=stack_env,
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     client = grid_session["client"]
     first = grid_session["grid"]["lr0.02-seed7"]
     experiment = client.get_experiment_by_name("cv_yolo_tiny").experiment_id
-    (again,) = client.search_runs([experiment], "tags.`suite.test_id` = 'base'", max_results=1,
-                                  order_by=["attributes.start_time DESC"])
+    (again,) = client.search_runs(
+        [experiment], "tags.`suite.test_id` = 'base'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
     keys = ("best/mAP50-95", "best/mAP50", "train/box_loss", "val/box_loss")
     assert {k: again.data.metrics[k] for k in keys} == {k: first.data.metrics[k] for k in keys}
 
@@ -225,8 +303,19 @@ def test_same_configuration_reproduces_its_metrics(grid_session, stack_env, data
 def test_gate_fails_and_registers_nothing(grid_session, stack_env, data_yaml, tmp_path):
     client, model = grid_session["client"], grid_session["model"]
     before = client.search_model_versions(f"name = '{model}'")
-    result = run_suite("--data", str(data_yaml), *MICRO, "--registered-model", model, "--min-map-scratch", "0.9",
-                       "--device", "cpu", env=stack_env, tmp_path=tmp_path)
+    result = run_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--registered-model",
+        model,
+        "--min-map-scratch",
+        "0.9",
+        "--device",
+        "cpu",
+        env=stack_env,
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 1
     assert cpu_line("cpu", 1) in result.stdout.splitlines()
     assert "1 passed" in result.stdout
@@ -240,16 +329,26 @@ def test_champion_keeps_production_unless_the_challenger_beats_it(grid_session, 
     is not a win; a negative margin lets the same challenger through."""
     client, model = grid_session["client"], grid_session["model"]
     champion = client.get_model_version_by_alias(model, "production").version
-    tie = run_suite("--data", str(data_yaml), *MICRO, "--registered-model", model, env=stack_env,
-                    tmp_path=tmp_path / "tie")
+    tie = run_suite(
+        "--data", str(data_yaml), *MICRO, "--registered-model", model, env=stack_env, tmp_path=tmp_path / "tie"
+    )
     assert tie.returncode == 1
     assert f"candidate 0.0000 vs production v{champion} 0.0000 on val" in tie.stdout
     assert "promotion gate FAILED: improvement over champion = +0.0000, needs > 0.0000" in tie.stdout
     assert client.get_model_version_by_alias(model, "production").version == champion
     assert len(client.search_model_versions(f"name = '{model}'")) == 1
 
-    wins = run_suite("--data", str(data_yaml), *MICRO, "--registered-model", model, "--min-improvement", "-0.5",
-                     env=stack_env, tmp_path=tmp_path / "wins")
+    wins = run_suite(
+        "--data",
+        str(data_yaml),
+        *MICRO,
+        "--registered-model",
+        model,
+        "--min-improvement",
+        "-0.5",
+        env=stack_env,
+        tmp_path=tmp_path / "wins",
+    )
     assert wins.returncode == 0, wins.stdout[-3000:]
     staged = client.get_model_version_by_alias(model, "staging")
     assert staged.version != champion
@@ -261,8 +360,9 @@ def test_require_pretrained_fails_fast_naming_the_file(tmp_path, data_yaml):
 
     if is_online():
         pytest.skip("network available: yolov8n.pt downloads, so nothing is missing")
-    result = run_suite("--require-pretrained", "--stack", "embedded", "--data", str(data_yaml), *MICRO,
-                       tmp_path=tmp_path)
+    result = run_suite(
+        "--require-pretrained", "--stack", "embedded", "--data", str(data_yaml), *MICRO, tmp_path=tmp_path
+    )
     assert result.returncode == 4
     assert "ERROR: --require-pretrained: yolov8n.pt is not on disk and could not be downloaded" in result.stderr
     assert not (tmp_path / "stack").exists()  # stopped before any stack started

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import group_alive, pid_groups, processes_of
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.stack.local import LocalStack
-
-from helpers import group_alive, pid_groups, processes_of
 
 
 @pytest.fixture
@@ -31,8 +30,13 @@ class Ui:
     """`ui --stack local` started in `cwd` with no --stack-dir (so `.stack`, relative)."""
 
     def __init__(self, cwd: Path):
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow_cv_yolo", "ui", "--stack", "local"], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow_cv_yolo", "ui", "--stack", "local"],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
 
     def url(self, timeout: float = 240) -> str:
@@ -83,7 +87,8 @@ def test_ui_after_a_kill_9_stops_what_the_killed_one_left(kept):
     url = second.url()
     assert [g for g in left.values() if group_alive(g)] == []
     assert sorted(line for line in second.lines if "left by an earlier session" in line) == sorted(
-        f"{name}: stopping process group {pgid} left by an earlier session" for name, pgid in left.items())
+        f"{name}: stopping process group {pgid} left by an earlier session" for name, pgid in left.items()
+    )
     assert MlflowClient(url).get_experiment_by_name("kept") is not None
     second.proc.send_signal(signal.SIGINT)
     status, output = second.finish()

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from helpers import REPO, suite_env
 
 WORKFLOW = REPO / ".github" / "workflows" / "experiments.yml"
@@ -19,12 +18,15 @@ def test_workflow_runs_the_gate_with_the_secrets_and_uploads_the_report():
     flow = yaml.safe_load(WORKFLOW.read_text())
     steps = flow["jobs"]["grid"]["steps"]
     runs = " ".join(step.get("run", "") for step in steps)
-    assert 'pip install -c requirements/constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu -e ".[ray,test]"' in runs
+    index = "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert f'pip install -c requirements/constraints.txt {index} -e ".[ray,test]"' in runs
     tests = next(step for step in steps if step.get("run", "").startswith("pytest tests"))
     assert tests["env"] == {"CV_YOLO_REQUIRE_DOCKER": "1", "CV_YOLO_CHROMIUM": "/usr/bin/google-chrome"}
     gate = next(step for step in steps if "scripts/gate.sh" in step.get("run", ""))
-    assert gate["env"] == {name: f"${{{{ secrets.{name} }}}}" for name in (
-        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    assert gate["env"] == {
+        name: f"${{{{ secrets.{name} }}}}"
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    }
     assert "--no-promote" not in gate["run"]  # the gate is the promotion hook's exit status
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "always()" and upload["with"]["path"] == "reports/"
@@ -38,29 +40,40 @@ def test_ci_and_the_workflow_run_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     (line,) = [line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest tests" in line]
     *_, install, tests = line.split(" && ")
-    assert (install, tests) == ('pip install -c requirements/constraints.txt -e ".[ray,test]"',
-                                "pytest tests -n 2 --dist loadfile")
+    assert (install, tests) == (
+        'pip install -c requirements/constraints.txt -e ".[ray,test]"',
+        "pytest tests -n 2 --dist loadfile",
+    )
     ci = (REPO / ".ci" / "run").read_text()
     assert 'python -m pip install -q -c requirements/constraints.txt -e ".[ray,test]"' in ci
     assert f"CV_YOLO_REQUIRE_DOCKER=1 python -m {tests} -p no:cacheprovider -rs" in ci
     steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["grid"]["steps"]
     assert [step["run"] for step in steps if "pytest tests" in step.get("run", "")] == [
-        f"{tests} -p no:cacheprovider -rs"]
+        f"{tests} -p no:cacheprovider -rs"
+    ]
 
 
 def gate(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
     """scripts/gate.sh as CI runs it, collecting only (no stack starts); the python on PATH is this one."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     args = ["--collect-only", "-q", "--reports-dir", str(tmp_path), f"--junitxml={tmp_path / 'junit.xml'}"]
-    return subprocess.run(["bash", str(GATE), *args], cwd=tmp_path,
-                          env=suite_env({"PATH": path, **env}), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["bash", str(GATE), *args],
+        cwd=tmp_path,
+        env=suite_env({"PATH": path, **env}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_gate_uses_the_persistent_server_when_given_one(tmp_path):
     result = gate(tmp_path, {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_TRACKING_PASSWORD": "s3cret-pw"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert result.stdout.splitlines()[0] == ("gate: persistent tracking server (MLFLOW_TRACKING_URI is set): "
-                                             "challengers are compared with its production model")
+    assert result.stdout.splitlines()[0] == (
+        "gate: persistent tracking server (MLFLOW_TRACKING_URI is set): "
+        "challengers are compared with its production model"
+    )
     assert "s3cret-pw" not in result.stdout + result.stderr
     assert len([line for line in result.stdout.splitlines() if "::test_grid[" in line]) == 4  # the CI profile
 
@@ -68,17 +81,30 @@ def test_gate_uses_the_persistent_server_when_given_one(tmp_path):
 def test_gate_falls_back_to_a_throwaway_stack_and_says_so(tmp_path):
     result = gate(tmp_path, {"MLFLOW_TRACKING_URI": ""})  # an unset secret arrives empty
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert result.stdout.splitlines()[0] == ("gate: no MLFLOW_TRACKING_URI: throwaway stack, nothing is kept and "
-                                             "there is no champion to compare with")
+    assert result.stdout.splitlines()[0] == (
+        "gate: no MLFLOW_TRACKING_URI: throwaway stack, nothing is kept and there is no champion to compare with"
+    )
 
 
 def test_docker_tests_fail_instead_of_skipping_where_ci_declares_an_engine(tmp_path):
     nowhere = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
     command = [sys.executable, "-m", "pytest", "tests/test_docker_stack.py", "-p", "no:cacheprovider", "-q", "-rsf"]
-    skipped = subprocess.run(command, cwd=REPO, env=suite_env({**nowhere, "CV_YOLO_REQUIRE_DOCKER": ""}),
-                             capture_output=True, text=True, timeout=300)
+    skipped = subprocess.run(
+        command,
+        cwd=REPO,
+        env=suite_env({**nowhere, "CV_YOLO_REQUIRE_DOCKER": ""}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert skipped.returncode == 0 and "2 skipped" in skipped.stdout, skipped.stdout[-2000:]
-    required = subprocess.run(command, cwd=REPO, env=suite_env({**nowhere, "CV_YOLO_REQUIRE_DOCKER": "1"}),
-                              capture_output=True, text=True, timeout=300)
+    required = subprocess.run(
+        command,
+        cwd=REPO,
+        env=suite_env({**nowhere, "CV_YOLO_REQUIRE_DOCKER": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert required.returncode == 1 and "2 errors" in required.stdout, required.stdout[-2000:]
     assert "CV_YOLO_REQUIRE_DOCKER=1 (CI declares a Docker engine) but no Docker engine answers" in required.stdout

@@ -4,10 +4,10 @@ extras, consistent with this environment, and used by every install the project 
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -31,8 +31,10 @@ def test_every_dependency_and_extra_is_pinned_within_its_specifier():
         name = canonicalize_name(req.name)
         assert name in locked, f"{req.name} is not in {LOCK.name}: rerun scripts/lock.sh"
         assert req.specifier.contains(locked[name], prereleases=True), f"{req} vs {name}=={locked[name]}"
-    assert "torch" in locked and not any(s.operator in ("<", "<=") for s in Requirement(
-        next(r for r in project["dependencies"] if r.startswith("torch"))).specifier)  # no cap in pyproject
+    assert "torch" in locked and not any(
+        s.operator in ("<", "<=")
+        for s in Requirement(next(r for r in project["dependencies"] if r.startswith("torch"))).specifier
+    )  # no cap in pyproject
 
 
 def test_this_environment_is_the_locked_one():
@@ -55,6 +57,9 @@ def test_installs_use_the_lock():
     assert "COPY requirements/constraints.txt" in dockerfile and "-c /tmp/constraints.txt" in dockerfile
     # compose builds from the repository root to reach the lock; .dockerignore keeps the rest out.
     assert (REPO / ".dockerignore").read_text().splitlines()[-3:] == [
-        "*", "!requirements/constraints.txt", "!docker/mlflow/"]
+        "*",
+        "!requirements/constraints.txt",
+        "!docker/mlflow/",
+    ]
     setup = (REPO / "scripts" / "podman" / "setup.sh").read_text()
     assert "-c /tmp/constraints.txt" in setup

@@ -6,15 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from mlflow_cv_yolo.train import devices, training
-from mlflow_cv_yolo.train.devices import (DeviceError, Found, Placement, describe, place, select, slot,
-                                    workers_to_start)
+from mlflow_cv_yolo.train.devices import DeviceError, Found, Placement, describe, place, select, slot, workers_to_start
 from mlflow_cv_yolo.train.grid import GridError, expand, load_grid
-
 
 H200 = "NVIDIA H200"
 LINUX_CPU = Found(cuda=(), mps=False, platform="linux")
@@ -24,47 +21,62 @@ def gpus(n: int) -> Found:
     return Found(cuda=(H200,) * n, mps=False, platform="linux")
 
 
-@pytest.mark.parametrize("text, value", [("auto", "auto"), ("CPU", "cpu"), ("mps", "mps"), ("0", "0"),
-                                         ("0,1, 3", "0,1,3"), ("cuda:1", "1"), ("01", "1")])
+@pytest.mark.parametrize(
+    "text, value",
+    [("auto", "auto"), ("CPU", "cpu"), ("mps", "mps"), ("0", "0"), ("0,1, 3", "0,1,3"), ("cuda:1", "1"), ("01", "1")],
+)
 def test_device_syntax(text, value):
     assert devices.parse(text) == value
 
 
-@pytest.mark.parametrize("text, error", [
-    ("gpu", "expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
-    ("0,-1", "expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
-    ("1,1", "a GPU is given twice"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("gpu", "expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
+        ("0,-1", "expected auto, cpu, mps or GPU indices such as 0 or 0,1"),
+        ("1,1", "a GPU is given twice"),
+    ],
+)
 def test_device_syntax_errors(text, error):
     with pytest.raises(ValueError) as raised:
         devices.parse(text)
     assert str(raised.value) == error
 
 
-@pytest.mark.parametrize("found, requested, selected", [
-    (LINUX_CPU, "auto", ("cpu",)),
-    (Found(mps=True, platform="darwin"), "auto", ("mps",)),
-    (gpus(1), "auto", ("cuda:0 NVIDIA H200",)),
-    (gpus(2), "auto", ("cuda:0 NVIDIA H200", "cuda:1 NVIDIA H200")),
-    (gpus(4), "auto", tuple(f"cuda:{i} NVIDIA H200" for i in range(4))),
-    (gpus(4), "3,1", ("cuda:3 NVIDIA H200", "cuda:1 NVIDIA H200")),
-    (gpus(2), "cpu", ("cpu",)),
-    (Found(cuda=("NVIDIA A100", "NVIDIA L4"), platform="linux"), "1", ("cuda:1 NVIDIA L4",)),
-    (Found(mps=True, platform="darwin"), "mps", ("mps",)),
-])
+@pytest.mark.parametrize(
+    "found, requested, selected",
+    [
+        (LINUX_CPU, "auto", ("cpu",)),
+        (Found(mps=True, platform="darwin"), "auto", ("mps",)),
+        (gpus(1), "auto", ("cuda:0 NVIDIA H200",)),
+        (gpus(2), "auto", ("cuda:0 NVIDIA H200", "cuda:1 NVIDIA H200")),
+        (gpus(4), "auto", tuple(f"cuda:{i} NVIDIA H200" for i in range(4))),
+        (gpus(4), "3,1", ("cuda:3 NVIDIA H200", "cuda:1 NVIDIA H200")),
+        (gpus(2), "cpu", ("cpu",)),
+        (Found(cuda=("NVIDIA A100", "NVIDIA L4"), platform="linux"), "1", ("cuda:1 NVIDIA L4",)),
+        (Found(mps=True, platform="darwin"), "mps", ("mps",)),
+    ],
+)
 def test_selection(found, requested, selected):
     assert select(requested, found) == selected
 
 
-@pytest.mark.parametrize("found, requested, error", [
-    (LINUX_CPU, "0", "--device 0: CUDA is not available here (no CUDA, no mps); use --device cpu or auto"),
-    (gpus(1), "3", "--device 3: no GPU 3: torch sees 1 CUDA device (0: NVIDIA H200)"),
-    (gpus(2), "0,2,5", "--device 0,2,5: no GPU 2, 5: torch sees 2 CUDA devices (0: NVIDIA H200, 1: NVIDIA H200)"),
-    (gpus(1), "mps", "--device mps: Apple's Metal (mps) exists only on macOS; this is linux (1 CUDA GPU, no mps)"),
-    (Found(mps=False, platform="darwin"), "mps", "--device mps: torch reports mps unavailable on this Mac "
-                                                 "(macOS 12.3+ and an Apple-silicon or AMD GPU are needed); use "
-                                                 "--device cpu"),
-])
+@pytest.mark.parametrize(
+    "found, requested, error",
+    [
+        (LINUX_CPU, "0", "--device 0: CUDA is not available here (no CUDA, no mps); use --device cpu or auto"),
+        (gpus(1), "3", "--device 3: no GPU 3: torch sees 1 CUDA device (0: NVIDIA H200)"),
+        (gpus(2), "0,2,5", "--device 0,2,5: no GPU 2, 5: torch sees 2 CUDA devices (0: NVIDIA H200, 1: NVIDIA H200)"),
+        (gpus(1), "mps", "--device mps: Apple's Metal (mps) exists only on macOS; this is linux (1 CUDA GPU, no mps)"),
+        (
+            Found(mps=False, platform="darwin"),
+            "mps",
+            "--device mps: torch reports mps unavailable on this Mac "
+            "(macOS 12.3+ and an Apple-silicon or AMD GPU are needed); use "
+            "--device cpu",
+        ),
+    ],
+)
 def test_selection_errors_are_one_line(found, requested, error):
     with pytest.raises(DeviceError) as raised:
         select(requested, found)
@@ -93,10 +105,19 @@ def test_one_gpu_packs_every_worker_and_feeds_each_from_its_share_of_cores():
 def test_two_gpus_alternate_and_four_gpus_take_one_worker_each():
     assert [p.device for p in placements(8, gpus(2), 16)] == ["cuda:0", "cuda:1"] * 4
     assert placements(4, gpus(4), 16) == [Placement(f"cuda:{i}", f"cuda:{i} NVIDIA H200", 1, 3) for i in range(4)]
-    assert [p.device for p in placements(6, gpus(4), 12)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3",
-                                                              "cuda:0", "cuda:1"]
-    assert [p.device for p in [place(k, 3, ("cuda:3 NVIDIA H200", "cuda:1 NVIDIA H200"), 6) for k in range(3)]] \
-        == ["cuda:3", "cuda:1", "cuda:3"]
+    assert [p.device for p in placements(6, gpus(4), 12)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert [p.device for p in [place(k, 3, ("cuda:3 NVIDIA H200", "cuda:1 NVIDIA H200"), 6) for k in range(3)]] == [
+        "cuda:3",
+        "cuda:1",
+        "cuda:3",
+    ]
 
 
 def test_cpu_workers_share_the_cores_and_never_train_more_runs_than_cores():
@@ -123,19 +144,23 @@ def test_placement_refuses_a_worker_outside_the_count():
 
 def test_the_header_line_says_what_was_found_and_how_runs_are_placed():
     assert describe("auto", LINUX_CPU, ("cpu",), 2, 2) == (
-        "devices: cpu (auto: no CUDA, no mps) — 2 workers, 1 thread each, 2 training slots on 2 cores")
+        "devices: cpu (auto: no CUDA, no mps) — 2 workers, 1 thread each, 2 training slots on 2 cores"
+    )
     assert describe("auto", LINUX_CPU, ("cpu",), 2, 2, workers_asked=4) == (
         "devices: cpu (auto: no CUDA, no mps) — 2 workers of -n 4 (one a core: the others would wait for a core), "
-        "1 thread each, 2 training slots on 2 cores")
+        "1 thread each, 2 training slots on 2 cores"
+    )
     assert describe("cpu", gpus(1), ("cpu",), 1, 2) == (
-        "devices: cpu (--device cpu; found 1 CUDA GPU, no mps) — 1 worker, 2 threads each, 1 training slot on "
-        "2 cores")
+        "devices: cpu (--device cpu; found 1 CUDA GPU, no mps) — 1 worker, 2 threads each, 1 training slot on 2 cores"
+    )
     assert describe("auto", gpus(2), select("auto", gpus(2)), 8, 16) == (
         "devices: cuda:0 NVIDIA H200, cuda:1 NVIDIA H200 (auto: 2 CUDA GPUs, no mps) — 8 workers, 1 thread and "
-        "1 dataloader worker each, runs per device: cuda:0 4, cuda:1 4")
+        "1 dataloader worker each, runs per device: cuda:0 4, cuda:1 4"
+    )
     assert describe("0", gpus(1), select("0", gpus(1)), 1, 16) == (
         "devices: cuda:0 NVIDIA H200 (--device 0; found 1 CUDA GPU, no mps) — 1 worker, 8 threads and "
-        "8 dataloader workers each")
+        "8 dataloader workers each"
+    )
 
 
 def test_runs_beyond_the_slots_wait_for_one(tmp_path):
@@ -205,5 +230,3 @@ def test_the_trainer_takes_the_sessions_amp_verdict_instead_of_checking_again():
         with training._amp_verdict(not verdict.startswith("failed")):
             assert trainer.check_amp(None) is (not verdict.startswith("failed"))
     assert trainer.check_amp is original
-
-

@@ -19,8 +19,15 @@ from mlflow_cv_yolo.decide.ranking import (
 _clock = iter(range(1_000, 1_000_000, 1_000))
 
 
-def run(map5095: float | None, map50: float = 0.5, *, status: str = "FINISHED",
-        start: int | None = None, extra: dict[str, float] | None = None, **axes: object) -> RunRecord:
+def run(
+    map5095: float | None,
+    map50: float = 0.5,
+    *,
+    status: str = "FINISHED",
+    start: int | None = None,
+    extra: dict[str, float] | None = None,
+    **axes: object,
+) -> RunRecord:
     """A run of the grid point `axes`, named like its test id (imgsz416-lr00.01-seed42)."""
     params = {"epochs": "3", "batch": "8", "optimizer": "SGD", "model": "yolov8n.pt"}
     params.update({k: str(v) for k, v in axes.items()})
@@ -29,15 +36,25 @@ def run(map5095: float | None, map50: float = 0.5, *, status: str = "FINISHED",
     metrics = {"best/mAP50": map50, **(extra or {})}
     if map5095 is not None:
         metrics["best/mAP50-95"] = map5095
-    return RunRecord(run_id=f"id-{name}", name=name, config_id=config_id, status=status,
-                     start_time=next(_clock) if start is None else start, params=params,
-                     metrics=metrics)
+    return RunRecord(
+        run_id=f"id-{name}",
+        name=name,
+        config_id=config_id,
+        status=status,
+        start_time=next(_clock) if start is None else start,
+        params=params,
+        metrics=metrics,
+    )
 
 
 def test_mean_tie_goes_to_higher_tiebreak_mean() -> None:
     # Both means are 0.4, though fmean([0.7, 0.1]) is 0.39999999999999997 in floats.
-    runs = [run(0.7, 0.7, imgsz=320, seed=1), run(0.1, 0.7, imgsz=320, seed=2),
-            run(0.4, 0.6, imgsz=416, seed=1), run(0.4, 0.6, imgsz=416, seed=2)]
+    runs = [
+        run(0.7, 0.7, imgsz=320, seed=1),
+        run(0.1, 0.7, imgsz=320, seed=2),
+        run(0.4, 0.6, imgsz=416, seed=1),
+        run(0.4, 0.6, imgsz=416, seed=2),
+    ]
     ranking = rank_configs(runs)
     assert [s.config_id for s in ranking] == ["imgsz320", "imgsz416"]
 
@@ -84,8 +101,12 @@ def test_only_one_config_cannot_estimate_noise() -> None:
 
 
 def test_gap_larger_than_seed_spread_is_significant() -> None:
-    runs = [run(0.50, imgsz=416, seed=1), run(0.52, imgsz=416, seed=42),
-            run(0.45, imgsz=320, seed=1), run(0.46, imgsz=320, seed=42)]
+    runs = [
+        run(0.50, imgsz=416, seed=1),
+        run(0.52, imgsz=416, seed=42),
+        run(0.45, imgsz=320, seed=1),
+        run(0.46, imgsz=320, seed=42),
+    ]
     ranking = rank_configs(runs)
     best = ranking[0]
     assert (best.config_id, best.n) == ("imgsz416", 2)
@@ -101,8 +122,12 @@ def test_gap_larger_than_seed_spread_is_significant() -> None:
 
 
 def test_gap_within_seed_spread_is_not_significant() -> None:
-    runs = [run(0.50, imgsz=416, lr0=0.01, seed=1), run(0.40, imgsz=416, lr0=0.01, seed=42),
-            run(0.44, imgsz=320, lr0=0.01, seed=1), run(0.44, imgsz=320, lr0=0.01, seed=42)]
+    runs = [
+        run(0.50, imgsz=416, lr0=0.01, seed=1),
+        run(0.40, imgsz=416, lr0=0.01, seed=42),
+        run(0.44, imgsz=320, lr0=0.01, seed=1),
+        run(0.44, imgsz=320, lr0=0.01, seed=42),
+    ]
     verdict = seed_noise(rank_configs(runs))
     assert not verdict.significant
     assert verdict.spread == pytest.approx(0.10)
@@ -114,14 +139,17 @@ def test_gap_within_seed_spread_is_not_significant() -> None:
 
 def test_noise_sentence_names_every_differing_param() -> None:
     runs = [run(0.5, imgsz=416, lr0=0.01, seed=1), run(0.4, imgsz=320, lr0=0.005, seed=1)]
-    assert seed_noise(rank_configs(runs)).sentence.startswith(
-        "imgsz=416, lr0=0.01 beats imgsz=320, lr0=0.005 by 0.100")
+    assert seed_noise(rank_configs(runs)).sentence.startswith("imgsz=416, lr0=0.01 beats imgsz=320, lr0=0.005 by 0.100")
 
 
 def test_axis_effects_pool_over_other_axes() -> None:
-    runs = [run(0.2, imgsz=320, lr0=0.005, seed=1), run(0.4, imgsz=320, lr0=0.01, seed=1),
-            run(0.3, imgsz=416, lr0=0.005, seed=1), run(0.5, imgsz=416, lr0=0.01, seed=1),
-            run(0.9, status="FAILED", imgsz=416, lr0=0.01, seed=2)]
+    runs = [
+        run(0.2, imgsz=320, lr0=0.005, seed=1),
+        run(0.4, imgsz=320, lr0=0.01, seed=1),
+        run(0.3, imgsz=416, lr0=0.005, seed=1),
+        run(0.5, imgsz=416, lr0=0.01, seed=1),
+        run(0.9, status="FAILED", imgsz=416, lr0=0.01, seed=2),
+    ]
     effects = axis_effects(runs)
     assert list(effects) == ["imgsz", "lr0"]  # seed and constant params left out
     assert [(e.level, e.n) for e in effects["imgsz"]] == [("320", 2), ("416", 2)]
@@ -138,15 +166,28 @@ def test_axis_levels_sort_numerically() -> None:
 
 
 def test_runs_table_best_first_failed_last() -> None:
-    runs = [run(0.30, start=100, extra={"best/precision": 0.6, "best/recall": 0.5}, imgsz=320, seed=1),
-            run(0.50, start=200, extra={"test/mAP50-95": 0.48}, imgsz=416, seed=1),
-            run(None, status="FAILED", start=50, imgsz=512, seed=1),
-            run(0.40, start=300, imgsz=640, seed=1)]
+    runs = [
+        run(0.30, start=100, extra={"best/precision": 0.6, "best/recall": 0.5}, imgsz=320, seed=1),
+        run(0.50, start=200, extra={"test/mAP50-95": 0.48}, imgsz=416, seed=1),
+        run(None, status="FAILED", start=50, imgsz=512, seed=1),
+        run(0.40, start=300, imgsz=640, seed=1),
+    ]
     rows = runs_table(runs)
-    assert [r["name"] for r in rows] == ["imgsz416-seed1", "imgsz640-seed1", "imgsz320-seed1",
-                                         "imgsz512-seed1"]
-    assert list(rows[0]) == ["run", "name", "status", "epochs", "imgsz", "lr0", "seed", "mAP50-95",
-                             "mAP50", "precision", "recall", "test/mAP50-95"]
+    assert [r["name"] for r in rows] == ["imgsz416-seed1", "imgsz640-seed1", "imgsz320-seed1", "imgsz512-seed1"]
+    assert list(rows[0]) == [
+        "run",
+        "name",
+        "status",
+        "epochs",
+        "imgsz",
+        "lr0",
+        "seed",
+        "mAP50-95",
+        "mAP50",
+        "precision",
+        "recall",
+        "test/mAP50-95",
+    ]
     assert rows[0]["test/mAP50-95"] == 0.48 and rows[1]["test/mAP50-95"] is None
     assert rows[2]["precision"] == 0.6 and rows[2]["recall"] == 0.5 and rows[2]["mAP50-95"] == 0.30
     assert rows[3]["status"] == "FAILED" and rows[3]["mAP50-95"] is None

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from report_samples import history, record, url, write
 
 from mlflow_cv_yolo.decide.ranking import RunRecord, rank_configs, seed_noise
 from mlflow_cv_yolo.present.report import ReportFiles
-from report_samples import DECISION, history, record, url, write
+
 
 def assert_plots_show_something(files: ReportFiles) -> None:
     assert [p.name for p in files.plots] == ["curves_map.png", "curves_loss.png", "effects.png"]
@@ -23,11 +24,13 @@ def assert_plots_show_something(files: ReportFiles) -> None:
 
 @pytest.fixture
 def grid() -> tuple[list[RunRecord], dict]:
-    runs = [record("imgsz320-seed1", "imgsz320", 0.45, start=1, imgsz="320", seed="1"),
-            record("imgsz320-seed42", "imgsz320", 0.46, start=2, imgsz="320", seed="42"),
-            record("imgsz416-seed1", "imgsz416", 0.50, start=3, imgsz="416", seed="1"),
-            record("imgsz416-seed42", "imgsz416", 0.52, start=4, imgsz="416", seed="42"),
-            record("imgsz512-seed1", "imgsz512", None, status="FAILED", start=5, imgsz="512", seed="1")]
+    runs = [
+        record("imgsz320-seed1", "imgsz320", 0.45, start=1, imgsz="320", seed="1"),
+        record("imgsz320-seed42", "imgsz320", 0.46, start=2, imgsz="320", seed="42"),
+        record("imgsz416-seed1", "imgsz416", 0.50, start=3, imgsz="416", seed="1"),
+        record("imgsz416-seed42", "imgsz416", 0.52, start=4, imgsz="416", seed="42"),
+        record("imgsz512-seed1", "imgsz512", None, status="FAILED", start=5, imgsz="512", seed="1"),
+    ]
     # The failed run has no history at all.
     return runs, {r.run_id: history(r.metrics["best/mAP50-95"], 3) for r in runs[:4]}
 
@@ -47,8 +50,10 @@ def test_html_is_self_contained_with_table_links_and_decision(tmp_path: Path, gr
     for run in runs:
         assert f'<a href="{url(run)}">{run.name}</a>' in page
     # Best first, the failed run last.
-    order = [page.index(f">{name}</a></td>") for name in
-             ("imgsz416-seed42", "imgsz416-seed1", "imgsz320-seed42", "imgsz320-seed1", "imgsz512-seed1")]
+    order = [
+        page.index(f">{name}</a></td>")
+        for name in ("imgsz416-seed42", "imgsz416-seed1", "imgsz320-seed42", "imgsz320-seed1", "imgsz512-seed1")
+    ]
     assert order == sorted(order)
     assert "<td>FAILED</td>" in page and "status FAILED" in page
     assert "candidate beats the threshold by 0.260" in page and "PROMOTED" in page
@@ -70,8 +75,12 @@ def test_markdown_has_noise_sentence_table_and_images(tmp_path: Path, grid) -> N
 
 def test_single_run_with_one_epoch(tmp_path: Path) -> None:
     only = record("base", "base", 0.1, start=1)
-    files = write(tmp_path, [only], {only.run_id: history(0.1, 1)},
-                  {"outcome": "rejected", "reason": "below threshold", "candidate": "base", "criteria": []})
+    files = write(
+        tmp_path,
+        [only],
+        {only.run_id: history(0.1, 1)},
+        {"outcome": "rejected", "reason": "below threshold", "candidate": "base", "criteria": []},
+    )
     assert_plots_show_something(files)
     text = files.markdown.read_text()
     assert "cannot be estimated" in text and "No hyperparameter varies" in text
@@ -80,7 +89,8 @@ def test_single_run_with_one_epoch(tmp_path: Path) -> None:
 
 def test_only_failed_runs(tmp_path: Path) -> None:
     failed = record("base", "base", None, status="FAILED", start=1)
-    files = write(tmp_path, [failed], {},
-                  {"outcome": "skipped", "reason": "no run finished", "candidate": None, "criteria": []})
+    files = write(
+        tmp_path, [failed], {}, {"outcome": "skipped", "reason": "no run finished", "candidate": None, "criteria": []}
+    )
     assert_plots_show_something(files)
     assert "no run finished" in files.markdown.read_text()

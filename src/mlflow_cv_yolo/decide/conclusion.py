@@ -22,7 +22,7 @@ class Conclusion:
     links: dict[str, str] = field(default_factory=dict)  # name -> MLflow UI URL
     counts: str = ""  # "6 reused, 2 trained (1 resumed)"
     reused: tuple[tuple[str, str, str], ...] = ()  # (test id, the session that trained it, its run's URL)
-    error: str | None = None          # the conclusion itself crashed (a traceback)
+    error: str | None = None  # the conclusion itself crashed (a traceback)
     stack_failure: str | None = None  # the stack died mid-session and could not be restarted
 
     def exit_status(self, pytest_status: int) -> int:

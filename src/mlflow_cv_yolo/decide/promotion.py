@@ -19,8 +19,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.decide import ranking
-from mlflow_cv_yolo.detector import COLUMNS
 from mlflow_cv_yolo.decide.ranking import RunRecord
+from mlflow_cv_yolo.detector import COLUMNS
 from mlflow_cv_yolo.runs.tracking import log_model, logged_models
 from mlflow_cv_yolo.train.training import evaluate
 
@@ -30,19 +30,19 @@ DESCRIPTION_LIMIT = 5000
 
 @dataclass(frozen=True)
 class Criteria:
-    min_map: float            # for runs that started from pretrained weights
-    min_map_scratch: float    # for runs trained from scratch (no pretrained weights available)
-    min_improvement: float    # over the production champion, on val mAP50-95
+    min_map: float  # for runs that started from pretrained weights
+    min_map_scratch: float  # for runs trained from scratch (no pretrained weights available)
+    min_improvement: float  # over the production champion, on val mAP50-95
 
 
 @dataclass(frozen=True)
 class Completeness:
     """How much of what the session set out to run finished."""
 
-    selected: int      # tests the session ran (after -k)
-    grid: int          # configurations in the whole grid
-    finished: int      # selected tests that passed, with their run FINISHED
-    failed: int        # selected tests that failed or crashed
+    selected: int  # tests the session ran (after -k)
+    grid: int  # configurations in the whole grid
+    finished: int  # selected tests that passed, with their run FINISHED
+    failed: int  # selected tests that failed or crashed
     interrupted: bool  # Ctrl-C, SIGTERM, or a stack that could not be kept up
 
     @property
@@ -76,10 +76,10 @@ class Criterion:
 
 @dataclass(frozen=True)
 class Decision:
-    outcome: str                 # "promoted", "kept" (already production), "rejected", "incomplete" or "skipped"
+    outcome: str  # "promoted", "kept" (already production), "rejected", "incomplete" or "skipped"
     reason: str
     session: str
-    scope: str = ""              # "partial grid: 2 of 8 configurations" for a -k slice
+    scope: str = ""  # "partial grid: 2 of 8 configurations" for a -k slice
     candidate: str | None = None
     candidate_run_id: str | None = None
     candidate_reused_from: str | None = None  # the earlier session that trained the candidate (see reuse)
@@ -107,29 +107,41 @@ class Decision:
         return asdict(self)
 
     def markdown(self) -> str:
-        lines = [f"# Promotion decision — session {self.session}", "",
-                 f"**Outcome: {self.outcome}.** {self.reason}", ""]
+        lines = [
+            f"# Promotion decision — session {self.session}",
+            "",
+            f"**Outcome: {self.outcome}.** {self.reason}",
+            "",
+        ]
         if self.scope:
             lines += [f"Scope: {self.scope}.", ""]
         if self.candidate:
             lines += [f"Candidate: `{self.candidate}` (run `{self.candidate_run_id}`)", ""]
             if self.candidate_reused_from:
-                lines += [f"The candidate's run was reused from session {self.candidate_reused_from}: trained "
-                          "there with the same run key (arguments, weights, data, code, libraries, device), "
-                          "not retrained by this session; this session evaluated it on test and decided.", ""]
+                lines += [
+                    f"The candidate's run was reused from session {self.candidate_reused_from}: trained "
+                    "there with the same run key (arguments, weights, data, code, libraries, device), "
+                    "not retrained by this session; this session evaluated it on test and decided.",
+                    "",
+                ]
             if self.version:
                 lines += [f"Registered as `{self.registered_model}` version {self.version}, alias `{self.alias}`.", ""]
         if self.dataset_digest:
             lines += [f"Dataset digest (DVC): `{self.dataset_digest}`", ""]
         if self.criteria:
             lines += ["| criterion | threshold | value | outcome | note |", "|---|---|---|---|---|"]
-            lines += [f"| {c.name} | {_fmt(c.threshold)} | {_fmt(c.value)} | {'pass' if c.passed else 'FAIL'} "
-                      f"| {c.note} |" for c in self.criteria]
+            lines += [
+                f"| {c.name} | {_fmt(c.threshold)} | {_fmt(c.value)} | {'pass' if c.passed else 'FAIL'} | {c.note} |"
+                for c in self.criteria
+            ]
         if self.metrics:
             lines += ["", "Candidate metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(self.metrics.items()))]
         if self.params:
-            lines += ["", "Candidate params: " + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())
-                                                           if not k.startswith("version."))]
+            lines += [
+                "",
+                "Candidate params: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()) if not k.startswith("version.")),
+            ]
         if self.champion:
             lines += ["", "Champion: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in self.champion.items())]
         if self.noise:
@@ -159,9 +171,11 @@ def failure_line(decision: Decision) -> str:
     parts = []
     for c in decision.failed:
         if c.value is not None and c.threshold is not None:
-            parts.append(f"{c.name} = {c.value:.4f}, needs >= {c.threshold:.4f} (short by {c.threshold - c.value:.4f})"
-                         if c.name != "improvement over champion" else
-                         f"{c.name} = {c.value:+.4f}, needs > {c.threshold:.4f}")
+            parts.append(
+                f"{c.name} = {c.value:.4f}, needs >= {c.threshold:.4f} (short by {c.threshold - c.value:.4f})"
+                if c.name != "improvement over champion"
+                else f"{c.name} = {c.value:+.4f}, needs > {c.threshold:.4f}"
+            )
         else:
             parts.append(f"{c.name}: {c.note}")
     return "promotion gate FAILED: " + "; ".join(parts)
@@ -185,27 +199,56 @@ def skipped(session: str, runs: list[RunRecord], why: str) -> Decision:
     return Decision("skipped", why, session, table=tuple(ranking.runs_table(runs)))
 
 
-def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, completeness: Completeness,
-           criteria: Criteria, pretrained: bool, weights_note: str, dataset_digest: str | None,
-           registered_model: str, data: Path, workdir: Path, device: str | None = None) -> Decision:
+def decide(
+    client: MlflowClient,
+    runs: list[RunRecord],
+    *,
+    session: str,
+    completeness: Completeness,
+    criteria: Criteria,
+    pretrained: bool,
+    weights_note: str,
+    dataset_digest: str | None,
+    registered_model: str,
+    data: Path,
+    workdir: Path,
+    device: str | None = None,
+) -> Decision:
     """Rank, evaluate the candidate (and any champion) on val and test, check criteria;
     evaluations run on `device` (default: a GPU where torch sees one, else the CPU)."""
     ranked = ranking.rank_configs(runs)
-    base = dict(session=session, scope=completeness.scope, dataset_digest=dataset_digest,
-                table=tuple(ranking.runs_table(runs)), noise=ranking.seed_noise(ranked).sentence)
+    base = dict(
+        session=session,
+        scope=completeness.scope,
+        dataset_digest=dataset_digest,
+        table=tuple(ranking.runs_table(runs)),
+        noise=ranking.seed_noise(ranked).sentence,
+    )
     if not completeness.complete:
         return Decision("incomplete", f"not promoted: incomplete session ({completeness.note})", **base)
     candidate = ranking.choose_candidate(ranked)
-    complete = Criterion("complete session", None, None, True,
-                         f"{completeness.note}" + (f" ({completeness.scope})" if completeness.scope else ""))
+    complete = Criterion(
+        "complete session",
+        None,
+        None,
+        True,
+        f"{completeness.note}" + (f" ({completeness.scope})" if completeness.scope else ""),
+    )
     if candidate is None:
-        return Decision("rejected", "no run finished with a finite mAP50-95: nothing to promote",
-                        criteria=(complete,), **base)
+        return Decision(
+            "rejected", "no run finished with a finite mAP50-95: nothing to promote", criteria=(complete,), **base
+        )
 
-    threshold, why = ((criteria.min_map, "min_map: runs started from pretrained weights") if pretrained else
-                      (criteria.min_map_scratch, "min_map_scratch: pretrained weights unavailable, "
-                                                 "runs trained from scratch cannot reach min_map "
-                                                 f"({criteria.min_map})"))
+    threshold, why = (
+        (criteria.min_map, "min_map: runs started from pretrained weights")
+        if pretrained
+        else (
+            criteria.min_map_scratch,
+            "min_map_scratch: pretrained weights unavailable, "
+            "runs trained from scratch cannot reach min_map "
+            f"({criteria.min_map})",
+        )
+    )
     best = candidate.metrics[ranking.METRIC]
     checks = [complete, Criterion("best mAP50-95 (val)", threshold, best, best >= threshold, why)]
 
@@ -218,48 +261,83 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
         test = {"mAP50-95": candidate.metrics["test/mAP50-95"], "mAP50": candidate.metrics["test/mAP50"]}
     else:
         weights = _weights_from_run(client, candidate.run_id, work / "candidate")
-        test = evaluate(weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test",
-                            device=device)
+        test = evaluate(
+            weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test", device=device
+        )
         client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
         client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
-    metrics = {**{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
-               **{f"test/{k}": v for k, v in test.items()}}
+    metrics = {
+        **{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
+        **{f"test/{k}": v for k, v in test.items()},
+    }
     # The table shows the candidate's test figures beside everyone's val figures.
-    runs = [dataclasses.replace(r, metrics={**r.metrics, **{f"test/{k}": v for k, v in test.items()}})
-            if r.run_id == candidate.run_id else r for r in runs]
+    runs = [
+        dataclasses.replace(r, metrics={**r.metrics, **{f"test/{k}": v for k, v in test.items()}})
+        if r.run_id == candidate.run_id
+        else r
+        for r in runs
+    ]
     base["table"] = tuple(ranking.runs_table(runs))
 
     champion_record = None
     champion = _holder(client, registered_model, "production")
     if champion is not None and champion.run_id == candidate.run_id:
         # A reused run that already holds production: nothing new to judge or register.
-        return Decision("kept", f"{candidate.name} is {registered_model} v{champion.version} @production already: "
-                                "nothing registered", candidate=candidate.name, candidate_run_id=candidate.run_id,
-                        candidate_reused_from=candidate.reused_from,
-                        criteria=tuple(checks), metrics=metrics, params=dict(candidate.params), **base)
+        return Decision(
+            "kept",
+            f"{candidate.name} is {registered_model} v{champion.version} @production already: nothing registered",
+            candidate=candidate.name,
+            candidate_run_id=candidate.run_id,
+            candidate_reused_from=candidate.reused_from,
+            criteria=tuple(checks),
+            metrics=metrics,
+            params=dict(candidate.params),
+            **base,
+        )
     if champion is None:
-        checks.append(Criterion("improvement over champion", criteria.min_improvement, None, True,
-                                "no version holds `production`: the absolute threshold alone decides"))
+        checks.append(
+            Criterion(
+                "improvement over champion",
+                criteria.min_improvement,
+                None,
+                True,
+                "no version holds `production`: the absolute threshold alone decides",
+            )
+        )
     else:
-        source = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}@production",
-                                                          dst_path=str(work / "champion")))
+        source = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{registered_model}@production", dst_path=str(work / "champion")
+            )
+        )
         champ_weights = next(source.rglob("best.pt"))
         weights = weights or _weights_from_run(client, candidate.run_id, work / "candidate")
         champ_imgsz = int(client.get_run(champion.run_id).data.params.get("imgsz", imgsz)) if champion.run_id else imgsz
         # Re-evaluated beside the champion, so both val figures come from one evaluation code path.
-        val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val",
-                       device=device)
-        champ_val = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val",
-                             device=device)
-        champ_test = evaluate(champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work,
-                              name="champion-test", device=device)
-        champion_record = {"version": champion.version, "run_id": champion.run_id,
-                           "val/mAP50-95": champ_val["mAP50-95"], "test/mAP50-95": champ_test["mAP50-95"],
-                           "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"]}
+        val = evaluate(weights, data=data, imgsz=imgsz, split="val", project=work, name="candidate-val", device=device)
+        champ_val = evaluate(
+            champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val", device=device
+        )
+        champ_test = evaluate(
+            champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work, name="champion-test", device=device
+        )
+        champion_record = {
+            "version": champion.version,
+            "run_id": champion.run_id,
+            "val/mAP50-95": champ_val["mAP50-95"],
+            "test/mAP50-95": champ_test["mAP50-95"],
+            "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"],
+        }
         gain = val["mAP50-95"] - champ_val["mAP50-95"]
-        checks.append(Criterion(
-            "improvement over champion", criteria.min_improvement, gain, gain > criteria.min_improvement,
-            f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val"))
+        checks.append(
+            Criterion(
+                "improvement over champion",
+                criteria.min_improvement,
+                gain,
+                gain > criteria.min_improvement,
+                f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val",
+            )
+        )
 
     failed = [c for c in checks if not c.passed]
     if failed:
@@ -268,10 +346,18 @@ def decide(client: MlflowClient, runs: list[RunRecord], *, session: str, complet
         outcome, reason = "promoted", f"{candidate.name} passed every criterion"
     if not pretrained:
         reason += f" [weights: {weights_note}]"
-    return Decision(outcome, reason, candidate=candidate.name, candidate_run_id=candidate.run_id,
-                    candidate_reused_from=candidate.reused_from,
-                    criteria=tuple(checks), metrics=metrics, params=dict(candidate.params),
-                    champion=champion_record, **base)
+    return Decision(
+        outcome,
+        reason,
+        candidate=candidate.name,
+        candidate_run_id=candidate.run_id,
+        candidate_reused_from=candidate.reused_from,
+        criteria=tuple(checks),
+        metrics=metrics,
+        params=dict(candidate.params),
+        champion=champion_record,
+        **base,
+    )
 
 
 def check_loads(model_uri: str) -> None:
@@ -290,7 +376,7 @@ def _description(markdown: str) -> str:
     if len(markdown) <= DESCRIPTION_LIMIT:
         return markdown
     tail = "\n\n(truncated: the whole record is the run's artifact decision/decision.md)\n"
-    return markdown[:DESCRIPTION_LIMIT - len(tail)] + tail
+    return markdown[: DESCRIPTION_LIMIT - len(tail)] + tail
 
 
 def candidate_model(client: MlflowClient, run_id: str, *, data: Path, imgsz: int) -> str:
@@ -306,8 +392,16 @@ def candidate_model(client: MlflowClient, run_id: str, *, data: Path, imgsz: int
         return log_model(run_id, weights, example_image=example_image(data), imgsz=imgsz)
 
 
-def promote(client: MlflowClient, decision: Decision, *, registered_model: str, alias: str,
-            tags: dict[str, str], data: Path, keep_if_held: bool = False) -> Decision:
+def promote(
+    client: MlflowClient,
+    decision: Decision,
+    *,
+    registered_model: str,
+    alias: str,
+    tags: dict[str, str],
+    data: Path,
+    keep_if_held: bool = False,
+) -> Decision:
     """Log the candidate's model, register it and move `alias` to the new version.
 
     The order keeps the registry consistent whatever step fails: the new version gets
@@ -317,9 +411,14 @@ def promote(client: MlflowClient, decision: Decision, *, registered_model: str, 
     whose version already holds `alias` is kept as it is."""
     held = _holder(client, registered_model, alias) if keep_if_held else None
     if held is not None and held.run_id == decision.candidate_run_id:  # a reused run promoted before
-        return dataclasses.replace(decision, outcome="kept", reason=(
-            f"{decision.candidate} is {registered_model} v{held.version} @{alias} already: nothing registered"),
-            registered_model=registered_model, version=held.version, alias=alias)
+        return dataclasses.replace(
+            decision,
+            outcome="kept",
+            reason=(f"{decision.candidate} is {registered_model} v{held.version} @{alias} already: nothing registered"),
+            registered_model=registered_model,
+            version=held.version,
+            alias=alias,
+        )
     imgsz = int(client.get_run(decision.candidate_run_id).data.params.get("imgsz", 320))
     model_id = candidate_model(client, decision.candidate_run_id, data=data, imgsz=imgsz)
     check_loads(f"models:/{model_id}")
@@ -328,8 +427,13 @@ def promote(client: MlflowClient, decision: Decision, *, registered_model: str, 
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(registered_model, f"models:/{model_id}", run_id=decision.candidate_run_id,
-                                          tags={"stage": alias, **tags}, model_id=model_id).version
+    version = client.create_model_version(
+        registered_model,
+        f"models:/{model_id}",
+        run_id=decision.candidate_run_id,
+        tags={"stage": alias, **tags},
+        model_id=model_id,
+    ).version
     promoted = dataclasses.replace(decision, registered_model=registered_model, version=version, alias=alias)
     client.update_model_version(registered_model, version, description=_description(promoted.markdown()))
 

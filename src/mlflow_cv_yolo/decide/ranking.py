@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from mlflow_cv_yolo.runs.record import RunRecord
 
@@ -88,9 +89,7 @@ def _finite_mean(values: Iterable[float]) -> float:
     return statistics.fmean(finite) if finite else -math.inf
 
 
-def rank_configs(
-    runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = TIEBREAK
-) -> list[ConfigScore]:
+def rank_configs(runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = TIEBREAK) -> list[ConfigScore]:
     """Configurations by mean metric over seeds, best first.
 
     Ties go to the higher mean tiebreak metric, then to the configuration whose
@@ -116,9 +115,7 @@ def rank_configs(
                 spread=max(values) - min(values),
             )
         )
-    scores.sort(
-        key=lambda s: (-_tie_key(s.mean), -_tie_key(s.tiebreak_mean), s.best_run.start_time)
-    )
+    scores.sort(key=lambda s: (-_tie_key(s.mean), -_tie_key(s.tiebreak_mean), s.best_run.start_time))
     return scores
 
 
@@ -152,10 +149,7 @@ def seed_noise(ranking: Sequence[ConfigScore], metric: str = METRIC) -> NoiseVer
     head = f"{winner} beats {loser} by {gap:.3f} {label}"
     repeated = [s for s in (best, second) if s.n > 1]
     if not repeated:
-        sentence = (
-            f"{head}, but each ran with one seed: seed noise cannot be estimated, "
-            "so the gap may be noise."
-        )
+        sentence = f"{head}, but each ran with one seed: seed noise cannot be estimated, so the gap may be noise."
         return NoiseVerdict(best, second, gap, None, False, sentence)
     spread = max(s.spread for s in repeated)
     significant = gap > spread
@@ -201,9 +195,7 @@ def axis_effects(
     return effects
 
 
-def runs_table(
-    runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = TIEBREAK
-) -> list[dict[str, Any]]:
+def runs_table(runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = TIEBREAK) -> list[dict[str, Any]]:
     """One row per run, best first; runs that cannot be ranked (failed, no metric) last."""
     runs = list(runs)
     ranked = sorted((r for r in runs if _is_ranked(r, metric)), key=lambda r: _run_key(r, metric, tiebreak))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from mlflow.tracking import MlflowClient
 
@@ -27,8 +28,9 @@ class Terminal(Protocol):
     def flush(self) -> None: ...
 
 
-def states(client: MlflowClient, experiment_id: str, session_id: str, tests: list[str],
-           epochs: dict[str, int]) -> dict[str, str]:
+def states(
+    client: MlflowClient, experiment_id: str, session_id: str, tests: list[str], epochs: dict[str, int]
+) -> dict[str, str]:
     """test id -> its state in words."""
     query = f"tags.`{tracking.TAG_SESSION}` = '{session_id}' and tags.`{tracking.TAG_KIND}` = 'grid'"
     runs = {r.data.tags.get(tracking.TAG_TEST): r for r in client.search_runs([experiment_id], query, max_results=1000)}
@@ -40,8 +42,11 @@ def states(client: MlflowClient, experiment_id: str, session_id: str, tests: lis
         elif run.info.status == "RUNNING":
             history = client.get_metric_history(run.info.run_id, "mAP50-95")
             last = max(history, key=lambda m: m.step) if history else None
-            out[test] = (f"epoch {last.step}/{epochs.get(test, '?')} mAP {last.value:.3f}" if last
-                         else f"epoch 0/{epochs.get(test, '?')}")
+            out[test] = (
+                f"epoch {last.step}/{epochs.get(test, '?')} mAP {last.value:.3f}"
+                if last
+                else f"epoch 0/{epochs.get(test, '?')}"
+            )
         else:
             out[test] = {"FINISHED": "finished"}.get(run.info.status, "failed")
     return out
@@ -53,7 +58,9 @@ def summary(state: dict[str, str]) -> str:
     for value in state.values():
         key = value if value in ("finished", "reused", "failed", "queued") else "training"
         counts[key] = counts.get(key, 0) + 1
-    head = ", ".join(f"{counts[k]} {k}" for k in ("finished", "reused", "failed", "training", "queued") if counts.get(k))
+    head = ", ".join(
+        f"{counts[k]} {k}" for k in ("finished", "reused", "failed", "training", "queued") if counts.get(k)
+    )
     busy = [f"{test} {value}" for test, value in state.items() if value.startswith("epoch")]
     return " | ".join([head, *busy])
 
@@ -62,8 +69,7 @@ class Progress:
     """A daemon thread polling MLflow; `hide()`/`show()` bracket pytest's own writes
     on a terminal so that the two never mix on one line."""
 
-    def __init__(self, poll: Callable[[], dict[str, str]], *, fd: int, terminal: Terminal, tty: bool,
-                 interval: float):
+    def __init__(self, poll: Callable[[], dict[str, str]], *, fd: int, terminal: Terminal, tty: bool, interval: float):
         self.poll = poll
         self.fd = os.dup(fd)  # the terminal itself: output capture during a test does not reach it
         self.terminal = terminal

@@ -12,9 +12,10 @@ import base64
 import html
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, NamedTuple
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -49,7 +50,7 @@ class Link(NamedTuple):
     url: str
 
 
-Cell = Union[str, Link]
+Cell = str | Link
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Image:
     alt: str
 
 
-Block = Union[Heading, Para, Table, Image]
+Block = Heading | Para | Table | Image
 
 
 def _fmt(value: Any) -> str:
@@ -95,17 +96,25 @@ def _fmt(value: Any) -> str:
 # --- plots -----------------------------------------------------------------
 
 
-def _margins(fig: Figure, *, left: float, right: float, bottom: float, top: float, wspace: float,
-             hspace: float) -> None:
+def _margins(
+    fig: Figure, *, left: float, right: float, bottom: float, top: float, wspace: float, hspace: float
+) -> None:
     """Fixed margins, in inches. matplotlib's constrained layout fitted them to the
     labels, and took most of the report's time (0.7 s of a session's 1.7 s)."""
     width, height = fig.get_size_inches()
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=wspace, hspace=hspace)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace,
+        hspace=hspace,
+    )
 
 
-def _plot_curves(path: Path, runs: Sequence[RunRecord], histories: dict[str, History],
-                 panels: list[list[str]], title: str) -> Path:
+def _plot_curves(
+    path: Path, runs: Sequence[RunRecord], histories: dict[str, History], panels: list[list[str]], title: str
+) -> Path:
     """One panel per metric name, every run on it with the same colour everywhere."""
     rows, cols = len(panels), len(panels[0])
     width, height = 4.5 * cols + 2.5, 3.5 * rows + 1
@@ -123,7 +132,7 @@ def _plot_curves(path: Path, runs: Sequence[RunRecord], histories: dict[str, His
             for i, run in enumerate(runs):
                 points = sorted(histories.get(run.run_id, {}).get(name, []))
                 if points:  # markers so that a one-epoch run still shows as a point
-                    steps, values = zip(*points)
+                    steps, values = zip(*points, strict=True)
                     ax.plot(steps, values, marker="o", color=colours(i % 10), label=run.name)
             if not ax.has_data():
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -133,11 +142,16 @@ def _plot_curves(path: Path, runs: Sequence[RunRecord], histories: dict[str, His
                 ax.set_xlabel("epoch")
     handles: dict[str, Any] = {}
     for ax in axes.flat:  # one legend entry per run, whichever panel drew it
-        for h, label in zip(*ax.get_legend_handles_labels()):
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, h)
     if handles:  # in the right margin, level with the top of the panels
-        fig.legend(list(handles.values()), list(handles), loc="upper left", fontsize="small",
-                   bbox_to_anchor=(1 - 2.4 / width, fig.subplotpars.top))
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="upper left",
+            fontsize="small",
+            bbox_to_anchor=(1 - 2.4 / width, fig.subplotpars.top),
+        )
     fig.suptitle(title)
     fig.savefig(path)
     return path
@@ -152,9 +166,15 @@ def _plot_effects(path: Path, effects: dict[str, list[LevelEffect]], label: str)
         ax.set_axis_off()
     else:
         axes = fig.subplots(1, len(effects), sharey=True, squeeze=False)[0]
-        for ax, (axis, levels) in zip(axes, effects.items()):
-            ax.bar([e.level for e in levels], [e.mean for e in levels],
-                   yerr=[e.std for e in levels], capsize=4, color="tab:blue", alpha=0.8)
+        for ax, (axis, levels) in zip(axes, effects.items(), strict=True):
+            ax.bar(
+                [e.level for e in levels],
+                [e.mean for e in levels],
+                yerr=[e.std for e in levels],
+                capsize=4,
+                color="tab:blue",
+                alpha=0.8,
+            )
             ax.set_xlabel(axis)
             ax.grid(axis="y", alpha=0.3)
         axes[0].set_ylabel(f"{label} (mean ± std)")
@@ -183,8 +203,13 @@ def _decision_blocks(decision: dict[str, Any], link: Callable[[str | None], Cell
     return blocks
 
 
-def _blocks(session_id: str, runs: list[RunRecord], decision: dict[str, Any],
-            run_url: Callable[[RunRecord], str], plots: dict[str, Path]) -> list[Block]:
+def _blocks(
+    session_id: str,
+    runs: list[RunRecord],
+    decision: dict[str, Any],
+    run_url: Callable[[RunRecord], str],
+    plots: dict[str, Path],
+) -> list[Block]:
     by_id = {r.run_id: r for r in runs}
     by_name = {r.name: r for r in runs}
 
@@ -194,9 +219,20 @@ def _blocks(session_id: str, runs: list[RunRecord], decision: dict[str, Any],
     rows = runs_table(runs)
     headers = [h for h in rows[0] if h != "name"] if rows else ["run"]
     # A reused run's row says which session trained it, linked to the run.
-    table = Table(headers, [[Link(row["name"], run_url(by_id[row["run"]])) if h == "run"
-                             else Link(row[h], run_url(by_id[row["run"]])) if h == "reused from" and row[h]
-                             else _fmt(row[h]) for h in headers] for row in rows])
+    table = Table(
+        headers,
+        [
+            [
+                Link(row["name"], run_url(by_id[row["run"]]))
+                if h == "run"
+                else Link(row[h], run_url(by_id[row["run"]]))
+                if h == "reused from" and row[h]
+                else _fmt(row[h])
+                for h in headers
+            ]
+            for row in rows
+        ],
+    )
     ranking = rank_configs(runs)
     label = METRIC.removeprefix("best/")
     blocks: list[Block] = [Heading(f"Experiment report: session {session_id}", 1)]
@@ -207,21 +243,36 @@ def _blocks(session_id: str, runs: list[RunRecord], decision: dict[str, Any],
         blocks.append(Para("Not ranked: " + "; ".join(f"{r.name} ({why})" for r, why in left_out) + "."))
     blocks += [
         Heading("Configurations and seed noise"),
-        Table(["configuration", "seeds", f"mean {label}", "std (population)", "spread (max-min)", "best run"],
-              [[s.config_id, str(s.n), _fmt(s.mean), _fmt(s.std), _fmt(s.spread), link(s.best_run.name)]
-               for s in ranking]),
+        Table(
+            ["configuration", "seeds", f"mean {label}", "std (population)", "spread (max-min)", "best run"],
+            [
+                [s.config_id, str(s.n), _fmt(s.mean), _fmt(s.std), _fmt(s.spread), link(s.best_run.name)]
+                for s in ranking
+            ],
+        ),
         Para(seed_noise(ranking).sentence),
         Heading("Hyperparameter effects"),
     ]
     effects = axis_effects(runs)
     if effects:
-        blocks.append(Table(["axis", "level", f"mean {label}", "std", "runs"],
-                            [[axis, e.level, _fmt(e.mean), _fmt(e.std), str(e.n)]
-                             for axis, levels in effects.items() for e in levels]))
+        blocks.append(
+            Table(
+                ["axis", "level", f"mean {label}", "std", "runs"],
+                [
+                    [axis, e.level, _fmt(e.mean), _fmt(e.std), str(e.n)]
+                    for axis, levels in effects.items()
+                    for e in levels
+                ],
+            )
+        )
     else:
         blocks.append(Para("No hyperparameter varies among the ranked runs."))
-    blocks += [Image(plots["effects"], "hyperparameter effects"), Heading("Curves"),
-               Image(plots["map"], f"val {label} per epoch"), Image(plots["loss"], "losses per epoch")]
+    blocks += [
+        Image(plots["effects"], "hyperparameter effects"),
+        Heading("Curves"),
+        Image(plots["map"], f"val {label} per epoch"),
+        Image(plots["loss"], "losses per epoch"),
+    ]
     return blocks
 
 
@@ -277,24 +328,35 @@ def _html(title: str, blocks: list[Block]) -> str:
         else:
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
             body.append(f'<img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}">')
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
-def write_report(out_dir: Path, *, session_id: str, runs: list[RunRecord],
-                 histories: dict[str, History], decision: dict[str, Any],
-                 run_url: Callable[[RunRecord], str]) -> ReportFiles:
+def write_report(
+    out_dir: Path,
+    *,
+    session_id: str,
+    runs: list[RunRecord],
+    histories: dict[str, History],
+    decision: dict[str, Any],
+    run_url: Callable[[RunRecord], str],
+) -> ReportFiles:
     """Write plots, report.md and report.html for one session under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ordered = [next(r for r in runs if r.run_id == row["run"]) for row in runs_table(runs)]
     label = METRIC.removeprefix("best/")
     plots = {
-        "map": _plot_curves(out_dir / "curves_map.png", ordered, histories, [["mAP50-95"]],
-                            "val mAP50-95 per epoch"),
-        "loss": _plot_curves(out_dir / "curves_loss.png", ordered, histories,
-                             [[f"{split}/{loss}" for loss in LOSSES] for split in ("train", "val")],
-                             "losses per epoch"),
+        "map": _plot_curves(out_dir / "curves_map.png", ordered, histories, [["mAP50-95"]], "val mAP50-95 per epoch"),
+        "loss": _plot_curves(
+            out_dir / "curves_loss.png",
+            ordered,
+            histories,
+            [[f"{split}/{loss}" for loss in LOSSES] for split in ("train", "val")],
+            "losses per epoch",
+        ),
         "effects": _plot_effects(out_dir / "effects.png", axis_effects(runs), label),
     }
     blocks = _blocks(session_id, runs, decision, run_url, plots)

@@ -4,10 +4,10 @@ plugin writes them."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
-from mlflow_cv_yolo.decide.promotion import failure_line
 from mlflow_cv_yolo.decide.conclusion import STACK_FAILED, Conclusion
+from mlflow_cv_yolo.decide.promotion import failure_line
 
 Line = tuple[str, dict]
 RED, GREEN = {"red": True, "bold": True}, {"green": True, "bold": True}
@@ -61,8 +61,13 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
         threshold = "—" if c.threshold is None else f"{c.threshold:.4f}"
         yield f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {value} (threshold {threshold}) {c.note}", {}
     if decision.outcome == "promoted":
-        yield (f"decision: PROMOTED {decision.candidate} -> {decision.registered_model} "
-               f"v{decision.version} @{decision.alias}"), GREEN
+        yield (
+            (
+                f"decision: PROMOTED {decision.candidate} -> {decision.registered_model} "
+                f"v{decision.version} @{decision.alias}"
+            ),
+            GREEN,
+        )
     elif decision.outcome == "skipped":
         yield "decision: skipped (--no-promote)", {}
     elif decision.outcome == "kept":

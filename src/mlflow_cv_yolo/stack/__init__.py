@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .base import CLIENT_RETRY_ENV, Service, Stack, StackInfo
 from .embedded import EmbeddedStack
@@ -14,8 +14,17 @@ from .local import LocalStack
 from .mysql import find_server_binary
 from .process import ServiceError
 
-__all__ = ["CLIENT_RETRY_ENV", "KINDS", "Service", "ServiceError", "Stack", "StackInfo", "choose",
-           "docker_engine_answers", "make_stack"]
+__all__ = [
+    "CLIENT_RETRY_ENV",
+    "KINDS",
+    "Service",
+    "ServiceError",
+    "Stack",
+    "StackInfo",
+    "choose",
+    "docker_engine_answers",
+    "make_stack",
+]
 
 KINDS = ("auto", "embedded", "local", "docker", "external")
 

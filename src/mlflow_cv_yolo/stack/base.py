@@ -12,10 +12,11 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import pymysql
 
@@ -91,9 +92,13 @@ def write_private(path: Path, text: str) -> None:
 
 
 def _new_credentials() -> dict[str, str]:
-    return {"mysql_user": "mlflow", "mysql_password": secrets.token_hex(16),
-            "mysql_root_password": secrets.token_hex(16),
-            "s3_access_key": "mlflow" + secrets.token_hex(4), "s3_secret_key": secrets.token_hex(20)}
+    return {
+        "mysql_user": "mlflow",
+        "mysql_password": secrets.token_hex(16),
+        "mysql_root_password": secrets.token_hex(16),
+        "s3_access_key": "mlflow" + secrets.token_hex(4),
+        "s3_secret_key": secrets.token_hex(20),
+    }
 
 
 def load_credentials(state_dir: Path) -> dict[str, str]:
@@ -124,6 +129,7 @@ def _one_at_a_time(log: Callable[[str], None]) -> Callable[[str], None]:
     def write(text: str) -> None:
         with lock:
             log(text)
+
     return write
 
 
@@ -214,11 +220,18 @@ def start_mlflow_on(stack: Stack, mysql: MySQLEndpoint, s3: S3Endpoint, reset: C
     half-migrated database from a good one."""
     marker = stack.state_dir / "mlflow" / "schema-ready"
     if not marker.exists() and _has_tables(mysql):
-        stack.log(f"stack: database {mysql.database!r} has tables but never served MLflow "
-                  "(an interrupted first migration?): starting it afresh")
+        stack.log(
+            f"stack: database {mysql.database!r} has tables but never served MLflow "
+            "(an interrupted first migration?): starting it afresh"
+        )
         reset()
-    server = MLflowServer(stack.state_dir / "mlflow", backend_uri=mysql.sqlalchemy_uri,
-                          artifacts_destination=f"s3://{s3.bucket}/artifacts", env=s3.env, log=stack.log)
+    server = MLflowServer(
+        stack.state_dir / "mlflow",
+        backend_uri=mysql.sqlalchemy_uri,
+        artifacts_destination=f"s3://{s3.bucket}/artifacts",
+        env=s3.env,
+        log=stack.log,
+    )
     url = stack._run(server)
     marker.write_text("ok\n")
     return url
@@ -236,12 +249,23 @@ def _has_tables(mysql: MySQLEndpoint) -> bool:
         conn.close()
 
 
-def info_on(kind: str, url: str, reason: str, mysql: MySQLEndpoint, s3: S3Endpoint, s3_kind: str,
-            **more: str) -> StackInfo:
+def info_on(
+    kind: str, url: str, reason: str, mysql: MySQLEndpoint, s3: S3Endpoint, s3_kind: str, **more: str
+) -> StackInfo:
     """The StackInfo of a MySQL + S3 stack, endpoints first, then `more` to print."""
-    return StackInfo(kind, url, reason, {
-        "mlflow": url, "metadata": f"mysql {mysql.host}:{mysql.port}/{mysql.database}",
-        "artifacts": f"{s3_kind} {s3.endpoint_url} bucket {s3.bucket}", **more}, mysql=mysql, s3=s3)
+    return StackInfo(
+        kind,
+        url,
+        reason,
+        {
+            "mlflow": url,
+            "metadata": f"mysql {mysql.host}:{mysql.port}/{mysql.database}",
+            "artifacts": f"{s3_kind} {s3.endpoint_url} bucket {s3.bucket}",
+            **more,
+        },
+        mysql=mysql,
+        s3=s3,
+    )
 
 
 def remove_state(state_dir: Path) -> None:

@@ -7,11 +7,13 @@ controller died without ending its runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 from mlflow_cv_yolo.errors import StackInUse
 
 CLAIM_FILE = "owner.json"
@@ -49,14 +51,14 @@ def claim(folder: Path, *, session: str, what: str) -> Claim:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CLAIM_FILE
     previous = None
-    try:
+    with contextlib.suppress(FileNotFoundError, ValueError):
         previous = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        pass
     if previous and previous.get("pid") != os.getpid() and _alive(int(previous.get("pid", 0))):
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(previous.get("since", 0)))
-        raise StackInUse(f"{folder} is in use by {previous.get('what', 'another session')} (pid {previous['pid']}, "
-                         f"since {since}): wait for it to end, or pass another --stack-dir")
+        raise StackInUse(
+            f"{folder} is in use by {previous.get('what', 'another session')} (pid {previous['pid']}, "
+            f"since {since}): wait for it to end, or pass another --stack-dir"
+        )
     owner = {"pid": os.getpid(), "session": session, "what": what, "since": time.time()}
     part = path.with_name(f".{path.name}.{os.getpid()}")
     part.write_text(json.dumps(owner))

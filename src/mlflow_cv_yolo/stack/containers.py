@@ -1,13 +1,14 @@
 """`--stack docker`: MySQL and MinIO from testcontainers' own modules, MLflow as a
-server process beside them (only that process is watched by the health monitor). Images come from options or the environment, so a
-local engine without a registry (CI's Podman) only changes configuration."""
+server process beside them (only that process is watched by the health monitor).
+Images come from options or the environment, so a local engine without a registry
+(CI's Podman) only changes configuration."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .base import Stack, StackInfo, info_on, start_mlflow_on
 from .mysql import MySQLEndpoint
@@ -56,8 +57,13 @@ class _Container:
 class DockerStack(Stack):
     kind = "docker"
 
-    def __init__(self, state_dir: Path, log: Callable[[str], None] = print,
-                 mysql_image: str | None = None, s3_image: str | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        log: Callable[[str], None] = print,
+        mysql_image: str | None = None,
+        s3_image: str | None = None,
+    ):
         super().__init__(state_dir, log)
         self.mysql_image = image("mysql_image", mysql_image)
         self.s3_image = image("s3_image", s3_image)
@@ -66,23 +72,43 @@ class DockerStack(Stack):
         creds = self.credentials()
         for sub in ("mysql", "s3"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        mysql = (MySqlContainer(self.mysql_image, username=creds["mysql_user"], password=creds["mysql_password"],
-                                root_password=creds["mysql_root_password"], dbname="mlflow")
-                 .with_volume_mapping(str(self.state_dir / "mysql"), "/var/lib/mysql", "rw"))
+        mysql = MySqlContainer(
+            self.mysql_image,
+            username=creds["mysql_user"],
+            password=creds["mysql_password"],
+            root_password=creds["mysql_root_password"],
+            dbname="mlflow",
+        ).with_volume_mapping(str(self.state_dir / "mysql"), "/var/lib/mysql", "rw")
         _loopback(mysql, 3306)
-        mysql_service = _Container(mysql, lambda c: MySQLEndpoint(
-            "127.0.0.1", int(c.get_exposed_port(3306)), creds["mysql_user"], creds["mysql_password"], "mlflow"))
-        s3 = (MinioContainer(self.s3_image, access_key=creds["s3_access_key"], secret_key=creds["s3_secret_key"])
-              .with_volume_mapping(str(self.state_dir / "s3"), "/data", "rw"))
+        mysql_service = _Container(
+            mysql,
+            lambda c: MySQLEndpoint(
+                "127.0.0.1", int(c.get_exposed_port(3306)), creds["mysql_user"], creds["mysql_password"], "mlflow"
+            ),
+        )
+        s3 = MinioContainer(
+            self.s3_image, access_key=creds["s3_access_key"], secret_key=creds["s3_secret_key"]
+        ).with_volume_mapping(str(self.state_dir / "s3"), "/data", "rw")
         _loopback(s3, 9000)
-        s3_service = _Container(s3, lambda c: S3Endpoint(
-            f"http://127.0.0.1:{c.get_exposed_port(9000)}", creds["s3_access_key"], creds["s3_secret_key"], "mlflow"))
+        s3_service = _Container(
+            s3,
+            lambda c: S3Endpoint(
+                f"http://127.0.0.1:{c.get_exposed_port(9000)}", creds["s3_access_key"], creds["s3_secret_key"], "mlflow"
+            ),
+        )
         mysql_endpoint, s3_endpoint = self._run_together(mysql_service, s3_service)
         ensure_bucket(s3_endpoint)
         s3_endpoint = self.with_credentials_file(s3_endpoint)
         url = start_mlflow_on(self, mysql_endpoint, s3_endpoint, lambda: _reset(mysql_endpoint))
-        return info_on(self.kind, url, reason, mysql_endpoint, s3_endpoint, "minio container",
-                       images=f"{self.mysql_image}, {self.s3_image}")
+        return info_on(
+            self.kind,
+            url,
+            reason,
+            mysql_endpoint,
+            s3_endpoint,
+            "minio container",
+            images=f"{self.mysql_image}, {self.s3_image}",
+        )
 
 
 def _loopback(container, port: int) -> None:

@@ -12,7 +12,10 @@ class EmbeddedStack(Stack):
 
     def _start(self, reason: str) -> StackInfo:
         db, artifacts = self.state_dir / "mlflow.db", self.state_dir / "artifacts"
-        server = MLflowServer(self.state_dir / "mlflow", backend_uri=f"sqlite:///{db}",
-                              artifacts_destination=str(artifacts), log=self.log)
+        server = MLflowServer(
+            self.state_dir / "mlflow", backend_uri=f"sqlite:///{db}", artifacts_destination=str(artifacts), log=self.log
+        )
         url = self._run(server)
-        return StackInfo(self.kind, url, reason, {"mlflow": url, "metadata": f"sqlite {db}", "artifacts": str(artifacts)})
+        return StackInfo(
+            self.kind, url, reason, {"mlflow": url, "metadata": f"sqlite {db}", "artifacts": str(artifacts)}
+        )

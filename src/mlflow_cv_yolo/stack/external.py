@@ -4,8 +4,8 @@ nothing is started or stopped here."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .base import Stack, StackInfo
 from .mlflow_server import require_reachable

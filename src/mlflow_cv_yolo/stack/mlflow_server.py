@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .process import ServiceError, ServiceProcess, free_port, port_in_use
 
@@ -30,9 +30,16 @@ class MLflowServer:
 
     name = "mlflow"
 
-    def __init__(self, workdir: Path, *, backend_uri: str, artifacts_destination: str,
-                 env: dict[str, str] | None = None, port: int | None = None,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        backend_uri: str,
+        artifacts_destination: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.workdir = Path(workdir).absolute()
         self.backend_uri = backend_uri
         self.artifacts_destination = artifacts_destination
@@ -54,9 +61,12 @@ class MLflowServer:
 
     def start(self, timeout: float = 120) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {**self.env, "MLFLOW_BACKEND_STORE_URI": self.backend_uri,
-               # MLflow 3.17 otherwise starts a job runner (7 huey consumers) for GenAI jobs.
-               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {
+            **self.env,
+            "MLFLOW_BACKEND_STORE_URI": self.backend_uri,
+            # MLflow 3.17 otherwise starts a job runner (7 huey consumers) for GenAI jobs.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         self.process = ServiceProcess("mlflow", [], self.workdir, env=env, log=self.log)
         self.process.reap_leftover()
         self.port = self.port or free_port()
@@ -66,9 +76,18 @@ class MLflowServer:
         # The host-check security middleware stays on: binding 127.0.0.1 lets only
         # localhost Host headers in, which is what every client here sends.
         self.process.argv = [
-            str(mlflow) if mlflow.exists() else "mlflow", "server",
-            "--artifacts-destination", self.artifacts_destination,
-            "--serve-artifacts", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+            str(mlflow) if mlflow.exists() else "mlflow",
+            "server",
+            "--artifacts-destination",
+            self.artifacts_destination,
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         self.process.start()
         self.process.wait_ready(lambda: health(self.url) and artifacts_answer(self.url), timeout=timeout)
         return self.url

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .base import Service, Stack
 
@@ -27,8 +27,9 @@ class HealthMonitor:
     it is back; on a failed restart logs one line and calls `on_failure(line)` once,
     then watches no more."""
 
-    def __init__(self, stack: Stack, log: Callable[[str], None], on_failure: Callable[[str], None],
-                 interval: float = 3.0):
+    def __init__(
+        self, stack: Stack, log: Callable[[str], None], on_failure: Callable[[str], None], interval: float = 3.0
+    ):
         self.stack = stack
         self.log = log
         self.on_failure = on_failure

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pymysql
 
@@ -24,7 +24,8 @@ def find_server_binary() -> str | None:
     """mariadbd or mysqld, on PATH or in the sbin folders a package puts it in."""
     for name in ("mariadbd", "mysqld"):
         found = shutil.which(name) or next(
-            (str(Path(d) / name) for d in SEARCH_DIRS if (Path(d) / name).exists()), None)
+            (str(Path(d) / name) for d in SEARCH_DIRS if (Path(d) / name).exists()), None
+        )
         if found:
             return found
     return None
@@ -43,8 +44,15 @@ class MySQLEndpoint:
         return f"mysql+pymysql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     def connect(self, **kwargs) -> pymysql.connections.Connection:
-        return pymysql.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                               database=self.database, connect_timeout=5, **kwargs)
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=self.database,
+            connect_timeout=5,
+            **kwargs,
+        )
 
 
 class MySQLServer:
@@ -52,8 +60,18 @@ class MySQLServer:
     gives root its password and creates the database and user; data survives
     `stop()` for the next session. `restart()` brings it back on the same port."""
 
-    def __init__(self, workdir: Path, *, user: str, password: str, root_password: str, database: str = "mlflow",
-                 port: int | None = None, binary: str | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        user: str,
+        password: str,
+        root_password: str,
+        database: str = "mlflow",
+        port: int | None = None,
+        binary: str | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.workdir = Path(workdir).absolute()
         self.datadir = self.workdir / "data"
         self.socket = self.workdir / "mysqld.sock"
@@ -81,25 +99,39 @@ class MySQLServer:
             return
         installer = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
         if installer is None:
-            raise ServiceError("mysql: mariadb-install-db not found next to the server binary "
-                               "(install the mariadb-server package)")
+            raise ServiceError(
+                "mysql: mariadb-install-db not found next to the server binary (install the mariadb-server package)"
+            )
         self.datadir.mkdir(parents=True, exist_ok=True)
         # An explicit env: inheriting makes the vfork()ed child exec with the C `environ`,
         # which the thread importing ultralytics meanwhile reallocates (it sets variables
         # at import), and exec then fails with EFAULT ("Bad address", seen in a test run).
         result = subprocess.run(
-            [installer, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", "--user=root", "--skip-name-resolve"],
-            capture_output=True, text=True, env=dict(os.environ))
+            [
+                installer,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+                "--skip-name-resolve",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
         if result.returncode != 0:
             shutil.rmtree(self.datadir, ignore_errors=True)
-            raise ServiceError(f"mysql: {installer} failed ({result.returncode}):\n{result.stdout[-2000:]}"
-                               f"{result.stderr[-2000:]}")
+            raise ServiceError(
+                f"mysql: {installer} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
 
     def start(self) -> MySQLEndpoint:
         if self.binary is None:
-            raise ServiceError("mysql: no mariadbd or mysqld binary on PATH or in /usr/sbin; "
-                               "install mariadb-server or use --stack embedded")
+            raise ServiceError(
+                "mysql: no mariadbd or mysqld binary on PATH or in /usr/sbin; "
+                "install mariadb-server or use --stack embedded"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o700)  # the socket inside lets local users knock on root's door
         self.process = ServiceProcess("mysql", [], self.workdir, log=self.log)
@@ -109,10 +141,19 @@ class MySQLServer:
             raise ServiceError(f"mysql: port {self.port} on 127.0.0.1 is already taken")
         self._install_db()
         self.process.argv = [
-            self.binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
-            "--bind-address=127.0.0.1", f"--socket={self.socket}", f"--pid-file={self.workdir / 'mysqld.pid'}",
-            "--user=root", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
-            "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"]
+            self.binary,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--pid-file={self.workdir / 'mysqld.pid'}",
+            "--user=root",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=64M",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_bin",
+        ]
         self.process.start()
         self.process.wait_ready(self._ping, timeout=60)
         self._secure_root()
@@ -152,8 +193,10 @@ class MySQLServer:
             try:
                 conn = self._root(password="")
             except pymysql.err.OperationalError as exc:
-                raise ServiceError(f"mysql: root in {self.datadir} accepts neither the stack's root password nor "
-                                   f"none ({exc.args[-1]}); was credentials.json replaced?") from None
+                raise ServiceError(
+                    f"mysql: root in {self.datadir} accepts neither the stack's root password nor "
+                    f"none ({exc.args[-1]}); was credentials.json replaced?"
+                ) from None
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT host FROM mysql.user WHERE user = 'root' AND authentication_string = ''")

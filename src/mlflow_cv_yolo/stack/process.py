@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
 from mlflow_cv_yolo.errors import ServiceError
 
 
@@ -91,15 +92,21 @@ def _is_ours(pgid: int, argv: list[str]) -> bool:
     args, program = argv[1:], Path(argv[0]).name if argv else None
     if program is None or len(cmdline) <= len(args):
         return False  # nothing recorded, or another command: leave it alone
-    head = cmdline[:len(cmdline) - len(args)]
-    return cmdline[len(head):] == args and program in {Path(a).name for a in head}
+    head = cmdline[: len(cmdline) - len(args)]
+    return cmdline[len(head) :] == args and program in {Path(a).name for a in head}
 
 
 class ServiceProcess:
     """One service. `name` is what errors call it; `workdir` holds its log and pid file."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.name = name
         self.argv = argv
         self.workdir = Path(workdir)
@@ -128,8 +135,14 @@ class ServiceProcess:
             try:
                 # A new session: Ctrl-C in the terminal must not reach the service
                 # before the suite has finished with it; we stop it ourselves.
-                self.proc = subprocess.Popen(self.argv, stdout=logfile, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
             except FileNotFoundError:
                 raise ServiceError(f"{self.name}: executable not found: {self.argv[0]}") from None
         # The pid, then the command line as JSON: what reap_leftover compares a live
@@ -142,8 +155,10 @@ class ServiceProcess:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ServiceError(f"{self.name} exited with status {self.proc.returncode} before it was "
-                                   f"ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                raise ServiceError(
+                    f"{self.name} exited with status {self.proc.returncode} before it was "
+                    f"ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                )
             try:
                 if check():
                     return
@@ -151,8 +166,10 @@ class ServiceProcess:
                 last_error = exc
             time.sleep(interval)
         detail = f" (last check: {last_error})" if last_error else ""
-        raise ServiceError(f"{self.name} was not ready after {timeout:.0f} s{detail}; last lines of "
-                           f"{self.log_path}:\n{log_tail(self.log_path)}")
+        raise ServiceError(
+            f"{self.name} was not ready after {timeout:.0f} s{detail}; last lines of "
+            f"{self.log_path}:\n{log_tail(self.log_path)}"
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

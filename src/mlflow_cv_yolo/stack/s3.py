@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import boto3
 from botocore.config import Config
@@ -27,16 +27,24 @@ class S3Endpoint:
     credentials_file: Path | None = None
 
     def client(self, read_timeout: float = 30, attempts: int = 2):
-        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                            config=Config(retries={"max_attempts": attempts}, connect_timeout=3,
-                                          read_timeout=read_timeout))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": attempts}, connect_timeout=3, read_timeout=read_timeout),
+        )
 
     @property
     def env(self) -> dict[str, str]:
         """What MLflow's server, boto3 and DVC read to reach this endpoint."""
-        return {"MLFLOW_S3_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
 
 def ensure_bucket(endpoint: S3Endpoint) -> None:
@@ -52,8 +60,16 @@ class S3Server:
     survive the server, a kill -9 included; `restart()` serves them again on the
     same port."""
 
-    def __init__(self, workdir: Path, *, access_key: str, secret_key: str, bucket: str = "mlflow",
-                 port: int | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        access_key: str,
+        secret_key: str,
+        bucket: str = "mlflow",
+        port: int | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.workdir = Path(workdir).absolute()
         self.port = port
         self.access_key, self.secret_key, self.bucket = access_key, secret_key, bucket
@@ -80,14 +96,22 @@ class S3Server:
 
     def _argv(self) -> tuple[list[str], dict[str, str]]:
         if self.minio:
-            return ([self.minio, "server", str(self.workdir / "data"), "--address", f"127.0.0.1:{self.port}",
-                     "--console-address", f"127.0.0.1:{free_port()}"],
-                    {"MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret_key})
+            return (
+                [
+                    self.minio,
+                    "server",
+                    str(self.workdir / "data"),
+                    "--address",
+                    f"127.0.0.1:{self.port}",
+                    "--console-address",
+                    f"127.0.0.1:{free_port()}",
+                ],
+                {"MINIO_ROOT_USER": self.access_key, "MINIO_ROOT_PASSWORD": self.secret_key},
+            )
         # The module's file, not `-m`: a plain script starts without importing this
         # package, which matters when the health monitor restarts it on busy cores.
         store = Path(__file__).with_name("s3_store.py")
-        return [sys.executable, str(store), "server", str(self.objects_dir), "--address",
-                f"127.0.0.1:{self.port}"], {}
+        return [sys.executable, str(store), "server", str(self.objects_dir), "--address", f"127.0.0.1:{self.port}"], {}
 
     def _migrate_snapshot(self) -> None:
         """Earlier versions kept moto's bucket in `snapshot/`, written only on a clean
@@ -119,8 +143,9 @@ class S3Server:
         try:
             ensure_bucket(self.endpoint)
         except client.exceptions.ClientError as exc:
-            raise ServiceError(f"{self.name} at {self.endpoint.endpoint_url}: cannot create bucket "
-                               f"{self.bucket!r}: {exc}") from None
+            raise ServiceError(
+                f"{self.name} at {self.endpoint.endpoint_url}: cannot create bucket {self.bucket!r}: {exc}"
+            ) from None
         return self.endpoint
 
     def alive(self) -> bool:

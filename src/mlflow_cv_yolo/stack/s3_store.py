@@ -40,8 +40,9 @@ HEALTH = "/minio/health/"
 
 
 def _error(start_response, status: str, code: str, message: str) -> list[bytes]:
-    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-            f"<Message>{message}</Message></Error>").encode()
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    ).encode()
     start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -149,10 +150,17 @@ class WriteThrough:
                 try:
                     self.mirror(method, bucket, key, query, request, writes)
                 except Exception as exc:
-                    print(f"s3_store: could not write {bucket}/{key} through to {self.store.data}: {exc}",
-                          file=sys.stderr, flush=True)
-                    return _error(start_response, "500 Internal Server Error", "InternalError",
-                                  "the object could not be written to disk")
+                    print(
+                        f"s3_store: could not write {bucket}/{key} through to {self.store.data}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return _error(
+                        start_response,
+                        "500 Internal Server Error",
+                        "InternalError",
+                        "the object could not be written to disk",
+                    )
         start_response(answer["status"], answer["headers"])
         return [body]
 
@@ -183,9 +191,14 @@ class WriteThrough:
 
 
 def _client(port: int):
-    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                        aws_access_key_id="local", aws_secret_access_key="local",
-                        config=Config(retries={"max_attempts": 5}, max_pool_connections=16))
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": 5}, max_pool_connections=16),
+    )
 
 
 def restore(store: Store, moto) -> int:

@@ -12,9 +12,10 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+
 from mlflow_cv_yolo.errors import DeviceError
 
 AUTO, CPU, MPS = "auto", "cpu", "mps"
@@ -35,11 +36,11 @@ class Found:
 class Placement:
     """One worker's device and CPU budget, as plain values (it travels with a TrainRequest)."""
 
-    device: str             # what torch and ultralytics take: "cuda:1", "mps", "cpu"
-    label: str              # what a run records: "cuda:1 NVIDIA H200", "cpu"
-    threads: int            # torch intra-op threads
+    device: str  # what torch and ultralytics take: "cuda:1", "mps", "cpu"
+    label: str  # what a run records: "cuda:1 NVIDIA H200", "cpu"
+    threads: int  # torch intra-op threads
     dataloader_workers: int
-    slots: int = 0          # runs that may train at once on this machine; 0: no limit
+    slots: int = 0  # runs that may train at once on this machine; 0: no limit
 
     @property
     def kind(self) -> str:
@@ -50,8 +51,11 @@ def probe() -> Found:
     """The devices torch sees in this process (CUDA_VISIBLE_DEVICES applies)."""
     import torch
 
-    cuda = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) \
-        if torch.cuda.is_available() else ()
+    cuda = (
+        tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        if torch.cuda.is_available()
+        else ()
+    )
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     return Found(cuda=cuda, mps=mps)
 
@@ -90,27 +94,34 @@ def select(requested: str, found: Found) -> tuple[str, ...]:
         return (CPU,)
     if requested == MPS:
         if found.platform != "darwin":
-            raise DeviceError(f"--device mps: Apple's Metal (mps) exists only on macOS; this is {found.platform} "
-                              f"({_found_text(found)})")
+            raise DeviceError(
+                f"--device mps: Apple's Metal (mps) exists only on macOS; this is {found.platform} "
+                f"({_found_text(found)})"
+            )
         if not found.mps:
-            raise DeviceError("--device mps: torch reports mps unavailable on this Mac (macOS 12.3+ and an "
-                              "Apple-silicon or AMD GPU are needed); use --device cpu")
+            raise DeviceError(
+                "--device mps: torch reports mps unavailable on this Mac (macOS 12.3+ and an "
+                "Apple-silicon or AMD GPU are needed); use --device cpu"
+            )
         return (MPS,)
     indices = [int(i) for i in requested.split(",")]
     if not found.cuda:
-        raise DeviceError(f"--device {requested}: CUDA is not available here ({_found_text(found)}); "
-                          "use --device cpu or auto")
+        raise DeviceError(
+            f"--device {requested}: CUDA is not available here ({_found_text(found)}); use --device cpu or auto"
+        )
     missing = [i for i in indices if i >= len(found.cuda)]
     if missing:
-        raise DeviceError(f"--device {requested}: no GPU {', '.join(map(str, missing))}: torch sees "
-                          f"{len(found.cuda)} CUDA device{'s' if len(found.cuda) != 1 else ''} ("
-                          + ", ".join(f"{i}: {name}" for i, name in enumerate(found.cuda)) + ")")
+        raise DeviceError(
+            f"--device {requested}: no GPU {', '.join(map(str, missing))}: torch sees "
+            f"{len(found.cuda)} CUDA device{'s' if len(found.cuda) != 1 else ''} ("
+            + ", ".join(f"{i}: {name}" for i, name in enumerate(found.cuda))
+            + ")"
+        )
     return tuple(f"cuda:{i} {found.cuda[i]}" for i in indices)
 
 
 def _found_text(found: Found) -> str:
-    cuda = (f"{len(found.cuda)} CUDA GPU{'s' if len(found.cuda) != 1 else ''}" if found.cuda
-            else "no CUDA")
+    cuda = f"{len(found.cuda)} CUDA GPU{'s' if len(found.cuda) != 1 else ''}" if found.cuda else "no CUDA"
     return f"{cuda}, {'mps' if found.mps else 'no mps'}"
 
 
@@ -149,8 +160,9 @@ def workers_to_start(requested: int, devices: Sequence[str], cpus: int) -> int:
     return requested
 
 
-def describe(requested: str, found: Found, devices: Sequence[str], workers: int, cpus: int,
-             workers_asked: int | None = None) -> str:
+def describe(
+    requested: str, found: Found, devices: Sequence[str], workers: int, cpus: int, workers_asked: int | None = None
+) -> str:
     """The header's line: which devices were found and selected, and how runs are placed
     (`workers`: those started, out of `workers_asked` by -n)."""
     why = f"auto: {_found_text(found)}" if requested == AUTO else f"--device {requested}; found {_found_text(found)}"
@@ -167,7 +179,7 @@ def describe(requested: str, found: Found, devices: Sequence[str], workers: int,
         runs += f", {slots} training slot{'s' if slots != 1 else ''} on {cpus} core{'s' if cpus != 1 else ''}"
     elif len(devices) > 1 or workers > 1:
         per = [sum(1 for w in range(workers) if w % len(devices) == d) for d in range(len(devices))]
-        runs += ", runs per device: " + ", ".join(f"{d.split()[0]} {n}" for d, n in zip(devices, per))
+        runs += ", runs per device: " + ", ".join(f"{d.split()[0]} {n}" for d, n in zip(devices, per, strict=True))
     return f"devices: {', '.join(devices)} ({why}) — {runs}"
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
+
 from mlflow_cv_yolo.errors import GridError
 
 
@@ -206,7 +208,7 @@ def expand(levels: dict[str, list[Any]]) -> list[RunConfig]:
     varying = [k for k in keys if len(levels[k]) > 1]
     runs = []
     for combo in itertools.product(*(levels[k] for k in keys)):
-        values = dict(zip(keys, combo))
+        values = dict(zip(keys, combo, strict=True))
         label = {k: f"{ID_PREFIX.get(k, k)}{_format(values[k])}" for k in varying}
         run_id = "-".join(label.values()) or "base"
         config_id = "-".join(v for k, v in label.items() if k != "seed") or "base"
@@ -222,8 +224,10 @@ def _refuse_duplicate_ids(runs: list[RunConfig], varying: list[str]) -> None:
     for run in runs:
         if run.id in seen:
             first = seen[run.id]
-            differ = ", ".join(f"{k}={first.values[k]!r} and {run.values[k]!r}" for k in varying
-                               if first.values[k] != run.values[k])
-            raise GridError(f"two grid points have the same test id {run.id!r} ({differ}): "
-                            "give values that differ when printed")
+            differ = ", ".join(
+                f"{k}={first.values[k]!r} and {run.values[k]!r}" for k in varying if first.values[k] != run.values[k]
+            )
+            raise GridError(
+                f"two grid points have the same test id {run.id!r} ({differ}): give values that differ when printed"
+            )
         seen[run.id] = run

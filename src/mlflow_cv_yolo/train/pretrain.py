@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mlflow_cv_yolo.train.grid import RunConfig
 
@@ -19,16 +19,37 @@ from mlflow_cv_yolo.train.grid import RunConfig
 KEPT_ARGS = ("imgsz", "task", "single_cls")
 
 
-def build_checkpoint(data: Path, out: Path, *, epochs: int, imgsz: int, batch: int, lr0: float, seed: int,
-                     threads: int, model: str = "yolov8n.yaml", log: Callable[[str], None] = print) -> dict[str, float]:
+def build_checkpoint(
+    data: Path,
+    out: Path,
+    *,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    lr0: float,
+    seed: int,
+    threads: int,
+    model: str = "yolov8n.yaml",
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
     """Train `model` on `data` and write its best weights to `out`; returns their val metrics."""
     import torch
 
     from mlflow_cv_yolo.train import training
 
-    config = RunConfig(id="checkpoint", config_id="checkpoint", values={
-        "model": model, "optimizer": "SGD", "epochs": epochs, "batch": batch, "imgsz": imgsz, "lr0": lr0,
-        "seed": seed})
+    config = RunConfig(
+        id="checkpoint",
+        config_id="checkpoint",
+        values={
+            "model": model,
+            "optimizer": "SGD",
+            "epochs": epochs,
+            "batch": batch,
+            "imgsz": imgsz,
+            "lr0": lr0,
+            "seed": seed,
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="cv-yolo-checkpoint-") as tmp:
         result = training.train(config, data=data, model=model, project=Path(tmp), threads=threads)
         saved = torch.load(result.best, map_location="cpu", weights_only=False)
@@ -45,7 +66,9 @@ def build_checkpoint(data: Path, out: Path, *, epochs: int, imgsz: int, batch: i
     tmp_out = out.with_name(out.name + ".tmp")
     tmp_out.write_bytes(buffer.getvalue())
     tmp_out.replace(out)
-    metrics = {"mAP50-95": result.best_metrics.get("metrics/mAP50-95(B)", float("nan")),
-               "mAP50": result.best_metrics.get("metrics/mAP50(B)", float("nan"))}
+    metrics = {
+        "mAP50-95": result.best_metrics.get("metrics/mAP50-95(B)", float("nan")),
+        "mAP50": result.best_metrics.get("metrics/mAP50(B)", float("nan")),
+    }
     log(f"{out}: {model} trained {epochs} epochs at {imgsz} px on {data}; val mAP50-95 {metrics['mAP50-95']:.4f}")
     return metrics

@@ -7,19 +7,20 @@ Ray is an extra (`pip install -e .[ray]`): nothing here imports it before it is 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
-import secrets
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from mlflow_cv_yolo.errors import InputError
@@ -44,10 +45,15 @@ class ExecutorSettings:
 def check_settings(settings: ExecutorSettings) -> None:
     """What can be refused before anything starts: Ray missing, options that need it."""
     if settings.kind != "ray":
-        given = [flag for flag, value, default in (("--ray-address", settings.ray_address, None),
-                                                     ("--cpus-per-run", settings.cpus_per_run, 1.0),
-                                                     ("--gpus-per-run", settings.gpus_per_run, 0.0))
-                 if value != default]
+        given = [
+            flag
+            for flag, value, default in (
+                ("--ray-address", settings.ray_address, None),
+                ("--cpus-per-run", settings.cpus_per_run, 1.0),
+                ("--gpus-per-run", settings.gpus_per_run, 0.0),
+            )
+            if value != default
+        ]
         if given:
             raise InputError(f"{', '.join(given)}: only with --executor ray (this session trains locally)")
         return
@@ -76,10 +82,8 @@ def stack_host(stack_kind: str, tracking_uri: str | None) -> str | None:
 def this_machine() -> set[str]:
     """The addresses Ray may name this machine's node by."""
     names = {"127.0.0.1", "localhost"}
-    try:
+    with contextlib.suppress(OSError):
         names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
-    except OSError:
-        pass
     try:  # the address of the default route, which Ray picks for a node
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(("10.255.255.255", 1))
@@ -175,15 +179,35 @@ class RayHead:
             os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         self.port = free_port()
         ray = Path(sys.executable).with_name("ray")
-        argv = [str(ray) if ray.exists() else "ray", "start", "--head", "--block", "--port", str(self.port),
-                "--node-ip-address", "127.0.0.1", "--temp-dir", str(self._temp_dir), "--include-dashboard=false",
-                "--disable-usage-stats", "--ray-client-server-port", str(free_port()),
-                "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        argv = [
+            str(ray) if ray.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(self.port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--temp-dir",
+            str(self._temp_dir),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+        ]
         self.process = ServiceProcess(self.name, argv, self.workdir, env={"RAY_AUTH_MODE": "token"}, log=self.log)
         self.process.start()
-        self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(self.process.proc.pid)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True)
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.process.proc.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.process.wait_ready(lambda: port_in_use(self.port), timeout=timeout)
         return f"127.0.0.1:{self.port}"
 
@@ -212,8 +236,9 @@ class RayCluster:
     address its workers join; `stop()` leaves it, and stops an instance started here
     (its GCS, raylet and workers)."""
 
-    def __init__(self, settings: ExecutorSettings, client_env: dict[str, str], workdir: Path,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self, settings: ExecutorSettings, client_env: dict[str, str], workdir: Path, log: Callable[[str], None] = print
+    ):
         self.settings = settings
         self.client_env = client_env
         self.log = log
@@ -243,14 +268,16 @@ class RayCluster:
             raise InputError(f"{what}: could not start a Ray instance: {exc}") from None
         except (ConnectionError, RuntimeError, ValueError) as exc:
             self.stop()
-            raise InputError(f"{what}: cannot join the Ray cluster: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise InputError(
+                f"{what}: cannot join the Ray cluster: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         # Workers join by the GCS address; Ray Client (ray://) has none, they use the URL.
         self.address = address if address.startswith("ray://") else ray.get_runtime_context().gcs_address
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         self.node_ips = sorted({n["NodeManagerAddress"] for n in nodes})
         self.resources = ray.cluster_resources()
         return self.address
+
     @property
     def other_machines(self) -> list[str]:
         """Node addresses that are not this machine's."""
@@ -262,17 +289,21 @@ class RayCluster:
         loopback serves only nodes on this machine."""
         host = stack_host(stack_kind, tracking_uri)
         if self.other_machines and is_loopback(host):
-            raise InputError(f"--ray-address {self.settings.ray_address}: the cluster has nodes on other machines "
-                             f"({', '.join(self.other_machines)}) that cannot reach the tracking server on "
-                             f"{host} (--stack {stack_kind} binds to this machine's loopback): use --stack external "
-                             "with MLFLOW_TRACKING_URI set to a server the nodes can reach")
+            raise InputError(
+                f"--ray-address {self.settings.ray_address}: the cluster has nodes on other machines "
+                f"({', '.join(self.other_machines)}) that cannot reach the tracking server on "
+                f"{host} (--stack {stack_kind} binds to this machine's loopback): use --stack external "
+                "with MLFLOW_TRACKING_URI set to a server the nodes can reach"
+            )
 
     def describe(self) -> str:
         where = "started on this machine" if self.started_here else f"joined at {self.settings.ray_address}"
         cpus, gpus = self.resources.get("CPU", 0), self.resources.get("GPU", 0)
         s = self.settings
-        return (f"ray: {where}, {len(self.node_ips)} node(s), {cpus:g} CPU, {gpus:g} GPU; each run "
-                f"{s.cpus_per_run:g} CPU, {s.gpus_per_run:g} GPU")
+        return (
+            f"ray: {where}, {len(self.node_ips)} node(s), {cpus:g} CPU, {gpus:g} GPU; each run "
+            f"{s.cpus_per_run:g} CPU, {s.gpus_per_run:g} GPU"
+        )
 
     def stop(self) -> None:
         """Idempotent."""

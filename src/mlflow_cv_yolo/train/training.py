@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from mlflow_cv_yolo.train import interrupts
 from mlflow_cv_yolo.train.grid import RunConfig
 
 # Artifacts ultralytics writes into save_dir with plots=True; the curves are
 # prefixed "Box" for detection.
-PLOTS = ("results.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve.png",
-         "BoxF1_curve.png", "BoxP_curve.png", "BoxR_curve.png")
+PLOTS = (
+    "results.png",
+    "confusion_matrix.png",
+    "confusion_matrix_normalized.png",
+    "BoxPR_curve.png",
+    "BoxF1_curve.png",
+    "BoxP_curve.png",
+    "BoxR_curve.png",
+)
 
 
 @dataclass(frozen=True)
@@ -83,14 +90,29 @@ def _drop_integrations(trainer) -> None:
     # pytest only by a name check on the test), the others log elsewhere or warn
     # (Ray Tune's, outside a Tune trial). We own the run; only ultralytics' base stays.
     for event, fns in trainer.callbacks.items():
-        trainer.callbacks[event] = [f for f in fns if not f.__module__.startswith("ultralytics.utils.callbacks.")
-                                    or f.__module__ == "ultralytics.utils.callbacks.base"]
+        trainer.callbacks[event] = [
+            f
+            for f in fns
+            if not f.__module__.startswith("ultralytics.utils.callbacks.")
+            or f.__module__ == "ultralytics.utils.callbacks.base"
+        ]
 
 
-def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int, device: str = "cpu",
-          dataloader_workers: int = 0, amp: bool = False, amp_checked: str | None = None,
-          callbacks: dict[str, Callable] | None = None, verbose: bool = False,
-          resume: Path | None = None) -> TrainResult:
+def train(
+    run: RunConfig,
+    *,
+    data: Path,
+    model: str,
+    project: Path,
+    threads: int,
+    device: str = "cpu",
+    dataloader_workers: int = 0,
+    amp: bool = False,
+    amp_checked: str | None = None,
+    callbacks: dict[str, Callable] | None = None,
+    verbose: bool = False,
+    resume: Path | None = None,
+) -> TrainResult:
     """Train `run` from `model` (a .pt to fine-tune or a .yaml to train from scratch)
     on `device` ("cpu", "cuda:1", "mps"), or continue it from `resume` (an interrupted
     training's last.pt, in its own folder). `amp` applies on CUDA only, with the
@@ -123,16 +145,38 @@ def train(run: RunConfig, *, data: Path, model: str, project: Path, threads: int
             amp_checked = amp_check(device)
     with _amp_verdict(not (amp_checked or "").startswith("failed")):
         yolo.train(
-            data=str(data), epochs=run.epochs, batch=run.batch, imgsz=run.imgsz, lr0=run.lr0, seed=run.seed,
-            optimizer=run.optimizer, deterministic=True, device=device, workers=dataloader_workers,
-            amp=amp and cuda, plots=True, verbose=verbose,
-            **({"resume": str(resume)} if resume else  # resumed: the checkpoint's own folder
-               {"project": str(project), "name": run.id, "exist_ok": True}))
+            data=str(data),
+            epochs=run.epochs,
+            batch=run.batch,
+            imgsz=run.imgsz,
+            lr0=run.lr0,
+            seed=run.seed,
+            optimizer=run.optimizer,
+            deterministic=True,
+            device=device,
+            workers=dataloader_workers,
+            amp=amp and cuda,
+            plots=True,
+            verbose=verbose,
+            **(
+                {"resume": str(resume)}
+                if resume
+                # resumed: the checkpoint's own folder
+                else {"project": str(project), "name": run.id, "exist_ok": True}
+            ),
+        )
     trainer = yolo.trainer
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-    return TrainResult(Path(trainer.save_dir), Path(trainer.best), Path(trainer.last), metrics,
-                       amp=bool(trainer.amp), peak_gpu_memory_mb=peak, start_epoch=trainer.start_epoch)
+    return TrainResult(
+        Path(trainer.save_dir),
+        Path(trainer.best),
+        Path(trainer.last),
+        metrics,
+        amp=bool(trainer.amp),
+        peak_gpu_memory_mb=peak,
+        start_epoch=trainer.start_epoch,
+    )
 
 
 def evaluation_device() -> str:
@@ -142,15 +186,26 @@ def evaluation_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate(weights: Path, *, data: Path, imgsz: int, split: str, project: Path, name: str,
-             device: str | None = None) -> dict[str, float]:
+def evaluate(
+    weights: Path, *, data: Path, imgsz: int, split: str, project: Path, name: str, device: str | None = None
+) -> dict[str, float]:
     """mAP of `weights` on one split of `data` (e.g. the held-out test split), on
     `device` (default: `evaluation_device()`). ultralytics loads every checkpoint
     onto the CPU first, so weights trained on a GPU evaluate anywhere."""
     from ultralytics import YOLO
 
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
-    metrics = YOLO(str(weights)).val(data=str(data), split=split, imgsz=imgsz, batch=8,
-                                     device=device or evaluation_device(), workers=0, plots=False,
-                                     project=str(project), name=name, exist_ok=True, verbose=False)
+    metrics = YOLO(str(weights)).val(
+        data=str(data),
+        split=split,
+        imgsz=imgsz,
+        batch=8,
+        device=device or evaluation_device(),
+        workers=0,
+        plots=False,
+        project=str(project),
+        name=name,
+        exist_ok=True,
+        verbose=False,
+    )
     return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 from mlflow_cv_yolo.errors import WeightsError
 
 
@@ -35,6 +36,9 @@ def resolve(requested: str, *, require_pretrained: bool = False) -> ModelChoice:
     if require_pretrained:
         raise WeightsError(f"--require-pretrained: {requested} is not on disk and could not be downloaded ({error})")
     scratch = Path(requested).with_suffix(".yaml").name
-    return ModelChoice(requested, scratch, False,
-                       f"{requested} is not on disk and could not be downloaded ({error}): "
-                       f"TRAINING FROM SCRATCH with {scratch}")
+    return ModelChoice(
+        requested,
+        scratch,
+        False,
+        f"{requested} is not on disk and could not be downloaded ({error}): TRAINING FROM SCRATCH with {scratch}",
+    )
