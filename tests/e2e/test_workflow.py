@@ -88,7 +88,7 @@ def test_gate_falls_back_to_a_throwaway_stack_and_says_so(tmp_path):
 
 def test_docker_tests_fail_instead_of_skipping_where_ci_declares_an_engine(tmp_path):
     nowhere = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    command = [sys.executable, "-m", "pytest", "tests/test_docker_stack.py", "-p", "no:cacheprovider", "-q", "-rsf"]
+    command = [sys.executable, "-m", "pytest", "tests/e2e/test_docker_stack.py", "-p", "no:cacheprovider", "-q", "-rsf"]
     skipped = subprocess.run(
         command,
         cwd=REPO,
