@@ -43,11 +43,11 @@ class SessionInfo:
     dataset_dirty: bool = False
     dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
     dataset_lock_commit: str | None = None
-    dataset: dict | None = None  # the DVC dataset every run logs as its input (experiment.dataset_fields)
+    dataset: dict | None = None  # the DVC dataset every run logs as its input (runs/training_run.py dataset_fields)
     # The selected devices' labels (devices.select); worker k trains on devices[k % len].
     devices: tuple[str, ...] = ("cpu",)
     amp_check: str | None = None  # training.amp_check's verdict, once per session; None: not checked
-    data_digest: str | None = None  # the data's part of every run's key (see run_key), computed once
+    data_digest: str | None = None  # the data's part of every run's key (see runs/key.py), computed once
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
     # Where runs train (executors.make_executor): {"kind": "local"}, or Ray's address,
     # resources per run and where nodes find the data.
