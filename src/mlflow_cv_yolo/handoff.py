@@ -9,13 +9,9 @@ from dataclasses import dataclass, field
 
 from mlflow_cv_yolo.stack.base import CLIENT_RETRY_ENV
 
-# MLflow client settings, the same in every process of a session (MLflow reads them
-# from the environment at each call):
-# - downloads go through the server: presigned S3 URLs may name an endpoint only the
-#   server reaches (compose: http://s3:9000);
-# - no "🏃 View run" lines and progress bars in the middle of pytest's output;
-# - retries bridge a stack service restarted by the health monitor (seconds), without
-#   hanging for many minutes when the stack is gone for good.
+# MLflow's client settings in every process of a session: downloads through the server (a
+# presigned URL may name an endpoint only it reaches), no URL lines or progress bars in
+# pytest's output, and retries that bridge a restarted service.
 CLIENT_ENV = {
     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
