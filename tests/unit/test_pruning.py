@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from mlflow_cv_yolo.train.pruning import Verdict, decide, default_min_epochs, rungs
+from mlflow_cv_yolo.errors import InputError
+from mlflow_cv_yolo.preflight import check_pruning
+from mlflow_cv_yolo.settings import epochs_count, eta
+from mlflow_cv_yolo.train.grid import expand, load_grid
+from mlflow_cv_yolo.train.pruning import Pruning, Verdict, decide, default_min_epochs, rungs
 
 NAN = math.nan
+GRID = Path(__file__).resolve().parents[2] / "experiments" / "grid.yaml"
 
 
 def test_rungs_grow_by_eta_and_stop_below_the_last_epoch():
@@ -79,3 +85,40 @@ def test_nan_among_the_others_is_ignored():
     verdict = decide(0.1, [NAN, 0.5, NAN], eta=3)
     assert (verdict.go_on, verdict.reached) == (True, 2)
     assert decide(0.1, [NAN, 0.5, 0.4], eta=3) == Verdict(False, 0.1, 0.5, 3)
+
+
+def test_pruning_off_has_no_rungs_and_asha_defaults_its_first():
+    assert Pruning().rungs(100) == ()
+    assert Pruning("asha").rungs(100) == (13, 39)
+    assert Pruning("asha", min_epochs=2, eta=2).rungs(10) == (2, 4, 8)
+
+
+@pytest.mark.parametrize(
+    "parse, text, message",
+    [(eta, "1", "1 is not an integer >= 2"), (eta, "x", "'x' is not an integer"), (epochs_count, "0", "0 is not")],
+)
+def test_prune_numbers_are_checked(parse, text, message):
+    with pytest.raises(ValueError, match=message):
+        parse(text)
+
+
+def _grid(**axes) -> list:
+    return expand(load_grid(GRID, [(k, [str(v) for v in vs]) for k, vs in axes.items()]))
+
+
+def test_preflight_refuses_pruning_a_single_configuration():
+    grid = _grid(epochs=[20], imgsz=[320], lr0=[0.01], seed=[1, 2])
+    with pytest.raises(InputError) as caught:
+        check_pruning(Pruning("asha"), grid)
+    assert str(caught.value) == (
+        "--prune asha: the grid has one configuration (base); successive halving compares several "
+        "(add values to a grid key, or drop --prune)"
+    )
+    check_pruning(Pruning(), grid)  # off: anything goes
+
+
+def test_preflight_refuses_a_grid_with_no_rung_and_passes_one_with_a_rung():
+    with pytest.raises(InputError, match=r"no rung before the last epoch \(first rung 4, epochs=4\)"):
+        check_pruning(Pruning("asha"), _grid(epochs=[4], lr0=[0.01, 0.1]))
+    check_pruning(Pruning("asha"), _grid(epochs=[5], lr0=[0.01, 0.1]))
+    check_pruning(Pruning("asha", min_epochs=1), _grid(epochs=[2], lr0=[0.01, 0.1]))

@@ -37,6 +37,25 @@ def rungs(min_epochs: int, eta: int, epochs: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class Pruning:
+    """A session's --prune settings; plain values, so they travel with a run to any worker."""
+
+    mode: str = "off"  # MODES
+    min_epochs: int | None = None  # the first rung; None: default_min_epochs of the run's epochs
+    eta: int = DEFAULT_ETA
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+    def rungs(self, epochs: int) -> tuple[int, ...]:
+        """A run of `epochs` epochs is compared at these; none when pruning is off."""
+        if not self.on:
+            return ()
+        return rungs(self.min_epochs or default_min_epochs(epochs), self.eta, epochs)
+
+
+@dataclass(frozen=True)
 class Verdict:
     go_on: bool
     value: float  # this run's value at the rung (nan when it had none)
