@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from mlflow_cv_yolo.errors import InputError
 from mlflow_cv_yolo.preflight import check_pruning
+from mlflow_cv_yolo.runs.pruner import TAG_PRUNED, Pruned, Pruner, chain
 from mlflow_cv_yolo.settings import epochs_count, eta
 from mlflow_cv_yolo.train.grid import expand, load_grid
 from mlflow_cv_yolo.train.pruning import Pruning, Verdict, decide, default_min_epochs, rungs
@@ -122,3 +124,70 @@ def test_preflight_refuses_a_grid_with_no_rung_and_passes_one_with_a_rung():
         check_pruning(Pruning("asha"), _grid(epochs=[4], lr0=[0.01, 0.1]))
     check_pruning(Pruning("asha"), _grid(epochs=[5], lr0=[0.01, 0.1]))
     check_pruning(Pruning("asha", min_epochs=1), _grid(epochs=[2], lr0=[0.01, 0.1]))
+
+
+class _Runs:
+    """The few MLflow client calls a Pruner makes, on runs held in memory."""
+
+    def __init__(self):
+        self.tags: dict[str, dict[str, str]] = {}
+        self.searches = 0
+
+    def set_tag(self, run_id, key, value):
+        self.tags.setdefault(run_id, {})[key] = value
+
+    def search_runs(self, experiments, query, max_results):
+        self.searches += 1
+        return [
+            SimpleNamespace(info=SimpleNamespace(run_id=r), data=SimpleNamespace(tags=dict(t)))
+            for r, t in self.tags.items()
+        ]
+
+
+def _train(pruner: Pruner, values: list[float], folder: Path) -> SimpleNamespace:
+    """Epochs 1.. with these mAPs through the callbacks, as ultralytics' loop fires them."""
+    (folder / "weights").mkdir(parents=True)
+    trainer = SimpleNamespace(stop=False, last=folder / "weights" / "last.pt", epoch=0, metrics={})
+    for epoch, value in enumerate(values):
+        trainer.epoch, trainer.metrics = epoch, {"metrics/mAP50-95(B)": value}
+        trainer.last.write_bytes(f"with optimizer, epoch {epoch + 1}".encode())
+        pruner.on_train_epoch_end(trainer)
+        pruner.on_fit_epoch_end(trainer)
+        if trainer.stop:
+            break
+    trainer.last.write_bytes(b"stripped")  # final_eval strips it, then validates best.pt
+    pruner.on_val_start(None)
+    pruner.on_fit_epoch_end(trainer)
+    return trainer
+
+
+def test_pruner_stops_the_worst_run_at_its_rung_and_keeps_a_resumable_last_pt(tmp_path):
+    runs = _Runs()
+    pruning = Pruning("asha", min_epochs=2, eta=3)
+
+    def pruner(run_id):
+        return Pruner(runs, run_id, experiment_id="1", session_id="s", pruning=pruning, epochs=6)
+
+    first, second = (
+        _train(pruner("a"), [0.1, 0.5, 0.6], tmp_path / "a"),
+        _train(pruner("b"), [0.1, 0.4], tmp_path / "b"),
+    )
+    worst = pruner("c")
+    third = _train(worst, [0.9, 0.2, 0.3], tmp_path / "c")
+    assert (first.stop, second.stop, third.stop, third.epoch) == (False, False, True, 1)
+    assert runs.tags["c"] == {"suite.rung.2": "0.2", TAG_PRUNED: "rung=2 value=0.2 cut=0.5 reached=3 eta=3"}
+    assert runs.tags["a"] == {"suite.rung.2": "0.5"}  # 6 epochs, eta 3: one rung, at 2
+    assert runs.searches == 3  # one per run at its rung, none at other epochs
+    assert third.last.read_bytes() == b"with optimizer, epoch 2"
+    assert worst.stopped.reason() == (
+        "pruned at epoch 2: val mAP50-95 0.2000 below the cut 0.5000 (top 1/3 of 3 runs at that epoch go on)"
+    )
+    assert Pruned.parse(runs.tags["c"][TAG_PRUNED]) == worst.stopped
+
+
+def test_chain_calls_each_events_handlers_in_order():
+    calls = []
+    chained = chain({"a": lambda x: calls.append(("p", x))}, {"a": lambda x: calls.append(("r", x)), "b": calls.append})
+    chained["a"](1)
+    chained["b"](2)
+    assert calls == [("p", 1), ("r", 1), 2]

@@ -2,7 +2,10 @@
 the same key (see run_key) whose checks still pass is the test's result as it is
 (reused: nothing is trained, and the run keeps the tags of the session that trained
 it); else an interrupted run with the same key is continued (see resume); else a
-new run is opened. `--rerun` skips the first, `--no-resume` the second."""
+new run is opened. `--rerun` skips the first, `--no-resume` the second.
+
+A run that successive halving stopped (tag `suite.pruned`) is a result only for a
+session that prunes too; any other continues it, as an interrupted one."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.handoff import SessionInfo
-from mlflow_cv_yolo.runs import resume, tracking, training_run
+from mlflow_cv_yolo.runs import pruner, resume, tracking, training_run
 from mlflow_cv_yolo.runs.key import TAG as TAG_KEY
 from mlflow_cv_yolo.runs.key import data_digest as run_key_data
 from mlflow_cv_yolo.runs.key import run_key
@@ -49,10 +52,13 @@ def runs_with_key(client: MlflowClient, experiment_id: str, key: str) -> list:
     return list(client.search_runs([experiment_id], query, max_results=50, order_by=["attributes.start_time DESC"]))
 
 
-def find_finished(client: MlflowClient, runs: list, *, epochs: int):
-    """The newest FINISHED run that still passes `check_run`, or None."""
+def find_finished(client: MlflowClient, runs: list, *, epochs: int, prune: bool = False):
+    """The newest FINISHED run that still passes `check_run`, or None; a pruned one
+    only when this session prunes (`prune`)."""
     for run in runs:
-        if run.info.status == "FINISHED" and training_run.check_run(client, run.info.run_id, epochs, run=run) == []:
+        if run.info.status != "FINISHED" or (pruner.pruned(run) and not prune):
+            continue
+        if training_run.check_run(client, run.info.run_id, epochs, run=run) == []:
             return run
     return None
 
@@ -85,6 +91,7 @@ def start(
     rerun: bool = False,
     resume_runs: bool = True,
     device: str | None = "cpu",
+    prune: bool = False,
 ) -> Start:
     key = key_of(config, info, device)
     planned = info.reusable.get(config.id)
@@ -92,7 +99,7 @@ def start(
         return Start(planned[0], REUSED, key, planned[2])
     runs = runs_with_key(client, info.experiment_id, key) if not rerun or resume_runs else []
     if not rerun:
-        run = find_finished(client, runs, epochs=config.epochs)
+        run = find_finished(client, runs, epochs=config.epochs, prune=prune)
         if run is not None:
             return Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
     if resume_runs:
