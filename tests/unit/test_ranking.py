@@ -80,6 +80,19 @@ def test_failed_and_metricless_runs_are_excluded_and_reported() -> None:
     }
 
 
+def test_pruned_runs_are_left_out_of_the_ranking_and_say_where_they_stopped() -> None:
+    import dataclasses
+
+    full = run(0.3, imgsz=320, seed=1)
+    stopped = dataclasses.replace(run(0.9, imgsz=416, seed=1), pruned="rung=4 value=0.01 cut=0.2 reached=3 eta=3")
+    same_config = run(0.2, imgsz=416, seed=2)
+    ranking = rank_configs([full, stopped, same_config])
+    assert [(s.config_id, s.n, s.mean) for s in ranking] == [("imgsz320", 1, 0.3), ("imgsz416", 1, 0.2)]
+    assert [(r.name, why) for r, why in excluded([full, stopped, same_config])] == [
+        ("imgsz416-seed1", "pruned (rung=4 value=0.01 cut=0.2 reached=3 eta=3)")
+    ]
+
+
 def test_one_seed_per_config_picks_plain_best_run_and_cannot_estimate_noise() -> None:
     runs = [run(0.30, imgsz=320, seed=42), run(0.34, imgsz=416, seed=42), run(0.31, imgsz=512, seed=42)]
     ranking = rank_configs(runs)

@@ -68,7 +68,8 @@ def _run_key(run: RunRecord, metric: str, tiebreak: str) -> tuple[float, float, 
 
 
 def _is_ranked(run: RunRecord, metric: str) -> bool:
-    return run.status == "FINISHED" and math.isfinite(_value(run, metric))
+    # A pruned run's best is that of a shorter training: configurations compete on full ones.
+    return run.status == "FINISHED" and not run.pruned and math.isfinite(_value(run, metric))
 
 
 def excluded(runs: Iterable[RunRecord], metric: str = METRIC) -> list[tuple[RunRecord, str]]:
@@ -77,6 +78,8 @@ def excluded(runs: Iterable[RunRecord], metric: str = METRIC) -> list[tuple[RunR
     for run in runs:
         if run.status != "FINISHED":
             out.append((run, f"status {run.status}"))
+        elif run.pruned:
+            out.append((run, f"pruned ({run.pruned})"))
         elif metric not in run.metrics:
             out.append((run, f"no {metric} logged"))
         elif not math.isfinite(run.metrics[metric]):

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_cv_yolo.runs import tracking
 from mlflow_cv_yolo.train.pruning import Pruning, decide
 
-TAG_PRUNED = "suite.pruned"  # "rung=4 value=0.01 cut=0.2 reached=6 eta=3"
+TAG_PRUNED = tracking.TAG_PRUNED  # "rung=4 value=0.01 cut=0.2 reached=6 eta=3"
 TAG_WAS_PRUNED = "suite.was_pruned"  # a continued run: where an earlier session had stopped it
 RUNG_TAG = "suite.rung.{}"  # suite.rung.4 = the run's val mAP50-95 at epoch 4 (what other runs compare)
 METRIC = "metrics/mAP50-95(B)"  # ultralytics' name of the compared value
