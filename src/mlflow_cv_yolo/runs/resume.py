@@ -38,6 +38,7 @@ class Interrupted:
     session: str
     checkpoint: Path
     epoch: int  # epochs the checkpoint holds (1-based count)
+    pruned: str | None = None  # where --prune stopped it (its suite.pruned tag), if that is why it ended
 
 
 def _interrupted(run) -> bool:
@@ -81,7 +82,8 @@ def find(client: MlflowClient, runs: list, *, epochs: int, workdir: Path) -> Int
         last = _checkpoint(client, run, workdir)
         done = _checkpoint_epochs(last) if last is not None else None
         if done is not None and 0 < done < epochs:
-            return Interrupted(run.info.run_id, run.data.tags.get(tracking.TAG_SESSION, ""), last, done)
+            session = run.data.tags.get(tracking.TAG_SESSION, "")
+            return Interrupted(run.info.run_id, session, last, done, run.data.tags.get(pruner.TAG_PRUNED))
     return None
 
 

@@ -33,6 +33,7 @@ class Start:
     key: str
     from_session: str | None = None  # the session that trained it (reused) or was interrupted (resumed)
     checkpoint: Path | None = None  # resumed: the last.pt training continues from
+    was_pruned: str | None = None  # resumed: where --prune had stopped it
 
 
 def data_digest(info: SessionInfo) -> str:
@@ -106,5 +107,5 @@ def start(
         found = resume.find(client, runs, epochs=config.epochs, workdir=Path(info.workdir))
         if found is not None:
             resume.reopen(client, found, info)
-            return Start(found.run_id, RESUMED, key, found.session, found.checkpoint)
+            return Start(found.run_id, RESUMED, key, found.session, found.checkpoint, found.pruned)
     return Start(training_run.open_run(client, config, info, key=key), NEW, key)
