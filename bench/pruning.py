@@ -63,7 +63,7 @@ def runs(stack: Path) -> dict[str, dict]:
     """test id -> the newest grid run's epochs logged, best mAP50-95, config, pruned tag."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{stack / 'stack' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{stack / 'stack' / 'embedded' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     found = client.search_runs(
         [experiment.experiment_id], "tags.`suite.kind` = 'grid'", max_results=1000,
