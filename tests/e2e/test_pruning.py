@@ -71,6 +71,8 @@ def test_the_bad_configuration_stops_at_the_rung_and_its_test_skips(chain):
     skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 1 and skipped[0].endswith(reason), result.stdout[-3000:]
     assert re.search(r"\b1 passed, 1 skipped\b", result.stdout), result.stdout[-2000:]
+    table = next(line for line in result.stdout.splitlines() if line.startswith(f"{BAD} ") or f" {BAD} " in line)
+    assert table.rstrip().endswith(f"epoch 1 ({value:.4f} < cut {cut:.4f})"), result.stdout[-3000:]
 
 
 def test_a_session_without_prune_continues_the_pruned_run_into_the_same_run(chain):

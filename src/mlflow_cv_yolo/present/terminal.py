@@ -44,7 +44,9 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
     decision = conclusion.decision
     if decision is None:
         return
-    columns = COLUMNS + tuple(c for c in ("test/mAP50-95", "reused from") if any(c in row for row in decision.table))
+    columns = COLUMNS + tuple(
+        c for c in ("test/mAP50-95", "reused from", "pruned at") if any(c in row for row in decision.table)
+    )
     widths = {c: max(len(c), *(len(_cell(row.get(c))) for row in decision.table)) for c in columns}
     yield "  ".join(c.ljust(widths[c]) for c in columns), {}
     for row in decision.table:
