@@ -96,8 +96,10 @@ class Session:
         """How many selected tests a finished run answers; None with --rerun."""
         if self.settings.rerun:
             return None
-        reusable = sum(1 for test in self.ledger.selected if test in self.info.reusable)
-        return terminal.reuse_line(reusable, len(self.ledger.selected), workers=self.workers)
+        selected = self.ledger.selected
+        reusable = sum(1 for test in selected if test in self.info.reusable)
+        continued = sum(1 for test in selected if test in self.info.continued)
+        return terminal.reuse_line(reusable, len(selected), workers=self.workers, continued=continued)
 
     def run_states(self) -> dict[str, str]:
         """Each selected test's state in words (queued, epoch k/N mAP x, finished, failed)."""
@@ -116,12 +118,21 @@ class Session:
         crash: str | None = None,
         reused_from: str | None = None,
         resumed_from: str | None = None,
+        pruned: str | None = None,
+        was_pruned: str | None = None,
     ) -> None:
         """One report of one test. A crashed worker's test ("???" phase) and a test that
         failed after its run FINISHED must not leave that run looking usable (a reused
         run is another session's result, and stays as it is)."""
         test = self.ledger.record(
-            test_id, phase=phase, outcome=outcome, run_id=run_id, reused_from=reused_from, resumed_from=resumed_from
+            test_id,
+            phase=phase,
+            outcome=outcome,
+            run_id=run_id,
+            reused_from=reused_from,
+            resumed_from=resumed_from,
+            pruned=pruned,
+            was_pruned=was_pruned,
         )
         if outcome != "failed" or self.info is None or test.reused_from:
             return

@@ -51,3 +51,10 @@ def test_the_reuse_line_counts_the_selected_tests():
         "reuse: 1 of 2 configurations have a finished run with the same key (--rerun trains them again)"
     )
     assert reuse_line(2, 2, workers=0).endswith("; nothing to train: the tests run in this process, no worker started")
+
+
+def test_the_reuse_line_says_how_many_pruned_runs_are_continued():
+    assert reuse_line(1, 4, workers=2, continued=2) == (
+        "reuse: 1 of 4 configurations have a finished run with the same key (--rerun trains them again); "
+        "2 pruned runs continued"
+    )

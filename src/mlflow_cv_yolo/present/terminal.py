@@ -108,10 +108,12 @@ def header_lines(
     return lines
 
 
-def reuse_line(reusable: int, selected: int, *, workers: int) -> str:
-    """Once the tests are selected (after -k): how many of them a finished run answers."""
+def reuse_line(reusable: int, selected: int, *, workers: int, continued: int = 0) -> str:
+    """Once the tests are selected (after -k): how many of them a finished run answers,
+    and how many pruned runs are continued."""
     nothing = "; nothing to train: the tests run in this process, no worker started" if workers == 0 else ""
+    runs = f"; {continued} pruned run{'s' if continued != 1 else ''} continued" if continued else ""
     return (
         f"reuse: {reusable} of {selected} configurations have a finished run with the same key "
-        f"(--rerun trains them again){nothing}"
+        f"(--rerun trains them again){runs}{nothing}"
     )

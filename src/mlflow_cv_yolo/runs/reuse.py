@@ -24,6 +24,7 @@ from mlflow_cv_yolo.train.grid import RunConfig
 REUSED = "reused"
 RESUMED = "resumed"
 NEW = "new"
+PRUNED_RUN = "pruned"  # plan: a pruned run that a session without --prune continues
 
 
 @dataclass(frozen=True)
@@ -64,24 +65,32 @@ def find_finished(client: MlflowClient, runs: list, *, epochs: int, prune: bool 
     return None
 
 
-def _finished(client: MlflowClient, config: RunConfig, info: SessionInfo, device: str | None) -> Start | None:
+def _lookup(client: MlflowClient, config: RunConfig, info: SessionInfo, device: str | None) -> Start | str | None:
+    """A reusable run's Start; else PRUNED_RUN where a pruned run waits to be continued."""
     key = key_of(config, info, device)
-    run = find_finished(client, runs_with_key(client, info.experiment_id, key), epochs=config.epochs)
-    return None if run is None else Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
+    runs = runs_with_key(client, info.experiment_id, key)
+    run = find_finished(client, runs, epochs=config.epochs)
+    if run is not None:
+        return Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
+    return PRUNED_RUN if any(r.info.status == "FINISHED" and pruner.pruned(r) for r in runs) else None
 
 
-def plan(client: MlflowClient, grid: list[RunConfig], info: SessionInfo, *, device: str | None) -> dict[str, list]:
-    """The configurations of `grid` that have a reusable FINISHED run, looked up by the
-    controller before any test runs: config id -> [run id, key, the session that
-    trained it] (SessionInfo.reusable). A test whose key matches takes its run from
-    here without asking the server again; if every configuration is here, the session
-    trains nothing and needs no worker.
+def plan(
+    client: MlflowClient, grid: list[RunConfig], info: SessionInfo, *, device: str | None
+) -> tuple[dict[str, list], tuple[str, ...]]:
+    """What the controller finds before any test runs: the configurations of `grid`
+    that have a reusable FINISHED run, config id -> [run id, key, the session that
+    trained it] (SessionInfo.reusable), and those whose pruned run a session that does
+    not prune continues (SessionInfo.continued). A test whose key matches takes its run
+    from here without asking the server again; if every configuration is reusable, the
+    session trains nothing and needs no worker.
 
     One configuration at a time (each check makes its own reads at once): the server
     has just started, and its first requests are slow, concurrent ones slower still —
     the default grid's lookups took 7.3 s 8 at a time and 2.1 s one at a time."""
-    found = {config.id: _finished(client, config, info, device) for config in grid}
-    return {config_id: [s.run_id, s.key, s.from_session] for config_id, s in found.items() if s is not None}
+    found = {config.id: _lookup(client, config, info, device) for config in grid}
+    reusable = {config_id: [s.run_id, s.key, s.from_session] for config_id, s in found.items() if isinstance(s, Start)}
+    return reusable, tuple(config_id for config_id, s in found.items() if s == PRUNED_RUN)
 
 
 def start(
