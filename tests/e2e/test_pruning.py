@@ -88,3 +88,5 @@ def test_a_session_without_prune_continues_the_pruned_run_into_the_same_run(chai
     assert bad.data.tags["suite.was_pruned"] == before[BAD].data.tags["suite.pruned"]
     assert bad.data.tags["suite.resumed_at_epoch"] == "2"
     assert re.search(r"\b2 passed\b", result.stdout), result.stdout[-2000:]
+    reuse = "reuse: 1 of 2 configurations have a finished run with the same key (--rerun trains them again)"
+    assert f"{reuse}; 1 pruned run continued" in result.stdout.splitlines(), result.stdout[-3000:]
