@@ -25,6 +25,7 @@ from collections.abc import Callable
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.conclude import conclude
+from mlflow_cv_yolo.data import provenance
 from mlflow_cv_yolo.decide.conclusion import Conclusion
 from mlflow_cv_yolo.decide.ledger import Ledger
 from mlflow_cv_yolo.handoff import SessionInfo
@@ -74,9 +75,11 @@ class Session:
         devices_line = devices.describe(
             s.device, up.found, up.devices, max(1, up.workers), devices.cpu_count(), workers_asked=asked
         )
+        source = provenance.source_words(self.info.data)
         return terminal.header_lines(
             self.info,
             up.stack_info,
+            data_source=(source.text, source.loud) if source else None,
             ready_in=up.ready_in,
             state=up.state_shown,
             ray=up.ray.describe() if up.ray is not None else None,

@@ -87,10 +87,18 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
 
 
 def header_lines(
-    info: SessionInfo, stack: StackInfo, *, ready_in: str, state: str, ray: str | None, devices_line: str
+    info: SessionInfo,
+    stack: StackInfo,
+    *,
+    ready_in: str,
+    state: str,
+    ray: str | None,
+    devices_line: str,
+    data_source: tuple[str, bool] | None = None,
 ) -> list[str]:
     """The session's lines in pytest's header: the stack and its endpoints, the weights
-    (loud when not pretrained), the data and the devices."""
+    (loud when not pretrained), the data (its source in words, loud when synthetic:
+    `data_source` = (words, loud)) and the devices."""
     lines = [f"stack: {stack.kind} ({stack.reason})"]
     lines += [f"  {name}: {value}" for name, value in stack.endpoints.items()]
     lines += [f"  ready in: {ready_in}", f"  state: {state}"]
@@ -102,6 +110,10 @@ def header_lines(
     data = f"data: {info.data}"
     if info.dataset_md5:
         data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
+    if data_source is not None:
+        words, loud = data_source
+        data += f" — {words}"
+        data = "!" * 8 + " " + data if loud else data
     lines += [data, devices_line]
     if info.amp_check:
         lines += [f"  AMP check: {info.amp_check}"]
