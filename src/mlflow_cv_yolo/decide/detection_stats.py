@@ -1,0 +1,250 @@
+"""AP50-95 from kept per-image evaluations, overall, by COCO object size and by slice.
+
+A *view* is the predictions and ground truths that count for one figure. Sizes follow
+COCOeval's rule (areas in the dataset's image pixels): ground truths outside the size
+range are ignored, a prediction matched to an ignored ground truth is ignored, and an
+unmatched prediction is ignored when its own box area is outside the range. Matching
+is COCO's greedy one (by descending confidence, best unclaimed IoU, per threshold,
+in-range ground truths before ignored ones). A slice is a subset of images; its view
+keeps the overall matching. Point figures come from ultralytics' `ap_per_class`;
+`weighted_map` computes the same figure for many image weightings at once (the
+bootstrap's resamples) and equals it at unit weights."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mlflow_cv_yolo.errors import DatasetError
+from mlflow_cv_yolo.train.per_image import IOU_THRESHOLDS, ImageRecord
+
+SIZES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
+ALL = (0.0, math.inf)
+_AP_X = np.linspace(0, 1, 101)
+
+
+@dataclass(frozen=True)
+class View:
+    """Predictions sorted by descending confidence, and ground-truth counts per image."""
+
+    img: np.ndarray  # (N,) image index of each prediction
+    cls: np.ndarray  # (N,) class
+    conf: np.ndarray  # (N,)
+    tp: np.ndarray  # (N, 10) bool: matched at each IoU threshold
+    fp: np.ndarray  # (N, 10) bool: counted and unmatched (ignored predictions are neither)
+    classes: np.ndarray  # (C,) classes with at least one ground truth in the view
+    gt: np.ndarray  # (I, C) ground truths of each class on each image
+
+    @property
+    def objects(self) -> int:
+        return int(self.gt.sum())
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of xyxy boxes."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clip(0).prod(2)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clip(0).prod(1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def match(record: ImageRecord, area: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, fp), each (n, 10), of one image's predictions for ground truths with area in [lo, hi)."""
+    n, thresholds = len(record.conf), IOU_THRESHOLDS
+    if area == ALL:  # ultralytics' own matching, so the overall figure is the validator's
+        return record.tp, ~record.tp
+    lo, hi = area
+    a = record.gt_area
+    inside = (a >= lo) & (a < hi)
+    order = np.argsort(~inside, kind="stable")  # in-range ground truths first, as COCOeval sorts them
+    iou = _iou(record.pred_boxes, record.gt_boxes[order]) * (record.pred_cls[:, None] == record.gt_cls[order][None])
+    ignored_gt = ~inside[order]
+    tp = np.zeros((n, len(thresholds)), bool)
+    ignored = np.zeros((n, len(thresholds)), bool)
+    for t, threshold in enumerate(thresholds):
+        claimed = np.zeros(len(order), bool)
+        for j in range(n):
+            best, best_iou = -1, min(threshold, 1 - 1e-10)
+            for k in range(len(order)):
+                if claimed[k]:
+                    continue
+                if best > -1 and not ignored_gt[best] and ignored_gt[k]:
+                    break  # a match on an in-range ground truth beats any ignored one
+                if iou[j, k] >= best_iou:
+                    best, best_iou = k, iou[j, k]
+            if best > -1:
+                claimed[best] = True
+                tp[j, t], ignored[j, t] = not ignored_gt[best], ignored_gt[best]
+    p = record.pred_area
+    outside = ~((p >= lo) & (p < hi))
+    ignored |= ~tp & outside[:, None]
+    return tp, ~tp & ~ignored
+
+
+def view(records: Sequence[ImageRecord], area: tuple[float, float] = ALL, images: np.ndarray | None = None) -> View:
+    """The view of `records` for ground truths of `area` on the images where `images` is True."""
+    keep = np.ones(len(records), bool) if images is None else np.asarray(images, bool)
+    lo, hi = area
+    tps, fps, imgs, clss, confs = [], [], [], [], []
+    gt_cls = []
+    for i, r in enumerate(records):
+        if not keep[i]:
+            continue
+        tp, fp = match(r, area)
+        tps.append(tp), fps.append(fp), clss.append(r.pred_cls), confs.append(r.conf)
+        imgs.append(np.full(len(r.conf), i))
+        a = r.gt_area
+        gt_cls.append((i, r.gt_cls[(a >= lo) & (a < hi)]))
+    classes = np.unique(np.concatenate([c for _, c in gt_cls])) if gt_cls else np.zeros(0, int)
+    gt = np.zeros((len(records), len(classes)), int)
+    for i, c in gt_cls:
+        gt[i] = (c[:, None] == classes[None]).sum(0)
+    if not tps:
+        empty = np.zeros((0, len(IOU_THRESHOLDS)), bool)
+        return View(np.zeros(0, int), np.zeros(0, int), np.zeros(0), empty, empty, classes, gt)
+    conf = np.concatenate(confs)
+    order = np.argsort(-conf, kind="stable")
+    return View(
+        np.concatenate(imgs)[order],
+        np.concatenate(clss)[order],
+        conf[order],
+        np.concatenate(tps)[order],
+        np.concatenate(fps)[order],
+        classes,
+        gt,
+    )
+
+
+def point_map(v: View) -> float | None:
+    """mAP50-95 of a view by ultralytics' `ap_per_class`, one IoU threshold at a time
+    (a prediction may be ignored at one threshold and counted at another); None
+    without ground truth."""
+    from ultralytics.utils.metrics import ap_per_class
+
+    if not len(v.classes):
+        return None
+    target = np.repeat(v.classes, v.gt.sum(0))
+    ap = np.zeros((len(v.classes), len(IOU_THRESHOLDS)))
+    for t in range(len(IOU_THRESHOLDS)):
+        counted = v.tp[:, t] | v.fp[:, t]
+        tp = v.tp[counted, t : t + 1]
+        ap[:, t] = ap_per_class(tp, v.conf[counted], v.cls[counted], target)[5][:, 0]
+    return float(ap.mean())
+
+
+def weighted_map(v: View, weights: np.ndarray, chunk: int = 4_000_000) -> np.ndarray:
+    """mAP50-95 for each row of `weights` (R, I), an image's weight being how often a
+    resample draws it; NaN for a row with no ground truth. Vectorised over resamples
+    and predictions, in chunks of about `chunk` elements."""
+    weights = np.atleast_2d(weights).astype(float)
+    n_gt = weights @ v.gt  # (R, C)
+    ap = np.zeros((len(weights), len(v.classes), len(IOU_THRESHOLDS)))
+    for ci, c in enumerate(v.classes):
+        sel = v.cls == c
+        if not sel.any():
+            continue
+        img, tp, fp = v.img[sel], v.tp[sel].astype(float), v.fp[sel].astype(float)
+        step = max(1, chunk // max(1, len(img)))
+        for r0 in range(0, len(weights), step):
+            w = weights[r0 : r0 + step, img]  # (r, n)
+            for t in range(len(IOU_THRESHOLDS)):
+                tpc = np.cumsum(w * tp[:, t], axis=1)
+                fpc = np.cumsum(w * fp[:, t], axis=1)
+                recall = tpc / (n_gt[r0 : r0 + step, ci, None] + 1e-16)
+                total = tpc + fpc
+                precision = np.divide(tpc, total, out=np.ones_like(tpc), where=total > 0)
+                ap[r0 : r0 + step, ci, t] = _ap_rows(recall, precision)
+    ap[n_gt == 0] = np.nan
+    with np.errstate(all="ignore"):
+        out = np.nanmean(ap.reshape(len(weights), -1), axis=1) if len(v.classes) else np.full(len(weights), np.nan)
+    return out
+
+
+def _ap_rows(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """ultralytics' `compute_ap` for each row: the precision envelope, interpolated at
+    101 recall points as `np.interp` does, integrated by the trapezoid rule."""
+    rows = len(recall)
+    mrec = np.concatenate([np.zeros((rows, 1)), recall, recall[:, -1:], np.ones((rows, 1))], axis=1)
+    mpre = np.concatenate([np.ones((rows, 1)), precision, np.zeros((rows, 2))], axis=1)
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre, 1), axis=1), 1)
+    width = mrec.shape[1]
+    # One sorted array for every row: row r's recalls shifted by 2r, queried all at once.
+    shift = 2.0 * np.arange(rows)[:, None]
+    flat = (mrec + shift).ravel()
+    queries = (_AP_X[None] + shift).ravel()
+    j = np.searchsorted(flat, queries, side="right") - 1
+    row_end = (np.arange(rows)[:, None] * width + width - 1).repeat(len(_AP_X), 1).ravel()
+    j = np.minimum(j, row_end)
+    nxt = np.minimum(j + 1, row_end)
+    x0, x1 = flat[j], flat[nxt]
+    y0, y1 = mpre.ravel()[j], mpre.ravel()[nxt]
+    span = x1 - x0
+    frac = np.divide(queries - x0, span, out=np.zeros_like(span), where=span > 0)
+    y = np.where(j == row_end, y0, y0 + frac * (y1 - y0)).reshape(rows, len(_AP_X))
+    return np.trapezoid(y, _AP_X, axis=1)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A named subset of a split's images: by a count rule, or listed by file name."""
+
+    name: str
+    rule: str  # as written in the slices file
+    op: str | None = None
+    count: int | None = None
+    cls: int | None = None
+    images: frozenset[str] = frozenset()
+
+    def select(self, records: Sequence[ImageRecord]) -> np.ndarray:
+        if self.op is None:
+            return np.array([r.name in self.images for r in records], bool)
+        counts = np.array([int((r.gt_cls == self.cls).sum()) for r in records])
+        return _OPS[self.op](counts, self.count)
+
+
+_OPS = {
+    ">=": np.greater_equal,
+    "<=": np.less_equal,
+    "==": np.equal,
+    ">": np.greater,
+    "<": np.less,
+}
+_RULE = re.compile(r"^\s*(>=|<=|==|>|<)\s*(\d+)\s+(\S+?)\s*$")
+
+
+def slices_path(data: Path) -> Path:
+    """Where a dataset's slices live: data/coco_persons.yaml -> data/coco_persons.slices.yaml."""
+    return data.with_name(data.stem + ".slices.yaml")
+
+
+def load_slices(path: Path, names: dict[int, str]) -> list[Slice]:
+    """The slices of a slices file; [] when the dataset ships none. Each entry is
+    `name: ">= 4 person"` (a count of one class's ground truths per image; a plural
+    `persons` works too) or `name: [image file names]`."""
+    if not path.is_file():
+        return []
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected a mapping of slice names to rules, got {type(raw).__name__}")
+    by_name = {v: k for k, v in names.items()}
+    out = []
+    for name, rule in raw.items():
+        if isinstance(rule, list) and all(isinstance(x, str) for x in rule):
+            out.append(Slice(str(name), f"{len(rule)} listed images", images=frozenset(rule)))
+            continue
+        m = _RULE.match(rule) if isinstance(rule, str) else None
+        cls_name = m and (m[3] if m[3] in by_name else m[3][:-1] if m[3].endswith("s") else m[3])
+        if not m or cls_name not in by_name:
+            raise DatasetError(
+                f"{path}: slice {name!r}: {rule!r} is not '<op> <count> <class>' (op one of "
+                f"{', '.join(_OPS)}; class one of {', '.join(by_name)}) nor a list of image file names"
+            )
+        out.append(Slice(str(name), rule, m[1], int(m[2]), by_name[cls_name]))
+    return out

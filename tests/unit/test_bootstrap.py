@@ -1,0 +1,193 @@
+"""AP by size and slice, and the paired bootstrap, on constructed evaluations whose
+answers are known; size AP against pycocotools' COCOeval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from ultralytics.utils.metrics import compute_ap
+
+from mlflow_cv_yolo.decide import bootstrap
+from mlflow_cv_yolo.decide import detection_stats as stats
+from mlflow_cv_yolo.errors import DatasetError
+from mlflow_cv_yolo.train.per_image import ImageRecord, load_records, save_records
+
+
+def record(name: str, gts: list, preds: list) -> ImageRecord:
+    """gts: xyxy boxes (class 0); preds: (xyxy, conf), matched as COCO does."""
+    preds = sorted(preds, key=lambda p: -p[1])
+    gt = np.array(gts, float).reshape(-1, 4)
+    boxes = np.array([p[0] for p in preds], float).reshape(-1, 4)
+    r = ImageRecord(
+        name,
+        np.zeros(len(gt), int),
+        gt,
+        np.zeros(len(boxes), int),
+        np.array([p[1] for p in preds], float),
+        boxes,
+        np.zeros((len(boxes), 10), bool),
+    )
+    tp, _ = stats.match(r, (0.0, 1e30))
+    return ImageRecord(r.name, r.gt_cls, r.gt_boxes, r.pred_cls, r.conf, r.pred_boxes, tp)
+
+
+def scene(n_images: int, found: int, seed: int, per_image: int = 3) -> list[ImageRecord]:
+    """Images of `per_image` persons, of which the model finds the first `found`
+    (boxes a little off, so IoU varies), plus one false positive each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_images):
+        gts = [[10 + 60 * k, 10, 50 + 60 * k, 90] for k in range(per_image)]
+        preds = [([x + rng.uniform(-3, 3) for x in g], rng.uniform(0.5, 1.0)) for g in gts[:found]]
+        preds.append(([300, 300, 340, 340], rng.uniform(0.1, 0.9)))
+        out.append(record(f"{i:04d}.jpg", gts, preds))
+    return out
+
+
+def test_identical_models_give_an_interval_of_zero_and_no_improvement():
+    images = scene(30, 2, seed=1)
+    rows = bootstrap.compare(images, images, resamples=1000)
+    overall = rows[0]
+    assert (overall.name, overall.delta, overall.low, overall.high) == ("overall", 0.0, 0.0, 0.0)
+    # Paired: an unpaired bootstrap would put both models on different draws and spread Δ around 0.
+    assert not overall.low > 0.0  # the improvement criterion with min_improvement 0
+
+
+def test_a_model_that_finds_more_objects_has_a_positive_lower_bound():
+    champion = scene(30, 1, seed=2)
+    candidate = scene(30, 2, seed=2)
+    rows = {r.name: r for r in bootstrap.compare(candidate, champion, resamples=1000)}
+    assert rows["overall"].low > 0
+    assert rows["overall"].low <= rows["overall"].delta <= rows["overall"].high
+    # Same figures from the same seed, whatever the order of the calls.
+    again = {r.name: r for r in bootstrap.compare(candidate, champion, resamples=1000)}
+    assert again == rows
+
+
+def test_resamples_are_seeded_draws_of_every_image_count():
+    w = bootstrap.resample_weights(50, 1000, seed=3)
+    assert w.shape == (1000, 50) and (w.sum(1) == 50).all()
+    assert (w == bootstrap.resample_weights(50, 1000, seed=3)).all()
+    assert not (w == bootstrap.resample_weights(50, 1000, seed=4)).all()
+    assert abs(w.mean() - 1) < 0.01
+
+
+def test_the_paired_interval_is_the_difference_on_the_same_draws():
+    champion, candidate = scene(20, 1, seed=5), scene(20, 2, seed=6)
+    w = bootstrap.resample_weights(20, 200, seed=0)
+    a, b = stats.view(candidate), stats.view(champion)
+    low, high = bootstrap.interval(a, b, w)
+    diff = stats.weighted_map(a, w) - stats.weighted_map(b, w)
+    assert (low, high) == tuple(np.percentile(diff, [2.5, 97.5]))
+
+
+def test_weighted_map_at_unit_weights_is_ultralytics_ap_per_class():
+    rng = np.random.default_rng(7)
+    images = []
+    for i in range(12):
+        gts = [
+            [x, y, x + w, y + w] for x, y, w in rng.uniform([0, 0, 8], [200, 200, 120], size=(rng.integers(0, 6), 3))
+        ]
+        preds = [([c + rng.normal(0, 4) for c in g], rng.uniform()) for g in gts if rng.uniform() < 0.7]
+        preds += [([x, y, x + 30, y + 30], rng.uniform()) for x, y in rng.uniform(0, 200, size=(3, 2))]
+        images.append(record(f"{i}.jpg", gts, preds))
+    for area in (stats.ALL, *stats.SIZES.values()):
+        v = stats.view(images, area)
+        point = stats.point_map(v)
+        assert stats.weighted_map(v, np.ones((1, len(images))))[0] == pytest.approx(point, abs=1e-12)
+
+
+def test_vectorised_ap_is_ultralytics_compute_ap_on_curves_with_ties():
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        hits = rng.uniform(size=30) < 0.5
+        hits[rng.integers(0, 30, 5)] = False
+        tpc, fpc = np.cumsum(hits), np.cumsum(~hits)
+        recall = tpc / max(1, hits.sum() + rng.integers(0, 4))
+        precision = tpc / (tpc + fpc)
+        ours = stats._ap_rows(recall[None], precision[None])[0]
+        assert ours == pytest.approx(compute_ap(recall, precision)[0], abs=1e-12)
+
+
+def coco_ap_by_size(images: list[ImageRecord]) -> dict[str, float]:
+    xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]  # noqa: E731
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+    dets = []
+    for i, r in enumerate(images):
+        gt["images"].append({"id": i, "width": 640, "height": 640})
+        for b in r.gt_boxes:
+            box = xywh(b)
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
+        dets += [
+            {"image_id": i, "category_id": 1, "bbox": xywh(b), "score": float(s)}
+            for b, s in zip(r.pred_boxes, r.conf, strict=True)
+        ]
+    coco = COCO()
+    coco.dataset = gt
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return dict(zip(("small", "medium", "large"), ev.stats[3:6], strict=True))
+
+
+def test_ap_by_size_agrees_with_pycocotools():
+    rng = np.random.default_rng(9)
+    images = []
+    for i in range(6):
+        gts, preds = [], []
+        for side in (20, 60, 150):  # one object in each COCO size bucket, per image
+            x, y = rng.uniform(0, 400, 2)
+            g = [x, y, x + side, y + side * rng.uniform(0.8, 1.2)]
+            gts.append(g)
+            if rng.uniform() < 0.75:
+                preds.append(([c + rng.normal(0, side / 25) for c in g], rng.uniform(0.3, 1)))
+            if rng.uniform() < 0.5:
+                preds.append(([x + 200, y + 200, x + 200 + side, y + 200 + side], rng.uniform(0, 0.8)))
+        images.append(record(f"{i}.jpg", gts, preds))
+    reference = coco_ap_by_size(images)
+    ours = {size: stats.point_map(stats.view(images, area)) for size, area in stats.SIZES.items()}
+    # ultralytics integrates the interpolated curve (trapezoids); COCOeval sums steps.
+    assert ours == pytest.approx(reference, abs=0.02)
+
+
+def test_records_round_trip_through_npz(tmp_path):
+    images = scene(3, 2, seed=10) + [record("empty.jpg", [], [])]
+    back = load_records(save_records(images, tmp_path / "r.npz"))
+    assert [r.name for r in back] == [r.name for r in images]
+    for a, b in zip(images, back, strict=True):
+        for key in ("gt_cls", "gt_boxes", "pred_cls", "conf", "pred_boxes", "tp"):
+            assert np.array_equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_slices_select_by_count_or_list(tmp_path):
+    path = tmp_path / "d.slices.yaml"
+    path.write_text('crowded: ">= 4 persons"\nlone: "== 1 person"\npicked: [b.jpg]\n')
+    images = [record("a.jpg", [[0, 0, 9, 9]] * 4, []), record("b.jpg", [[0, 0, 9, 9]], [])]
+    got = {s.name: s.select(images).tolist() for s in stats.load_slices(path, {0: "person"})}
+    assert got == {"crowded": [True, False], "lone": [False, True], "picked": [False, True]}
+    assert stats.slices_path(tmp_path / "d.yaml") == path
+    assert stats.load_slices(tmp_path / "none.slices.yaml", {0: "person"}) == []
+
+
+def test_a_bad_slice_rule_names_the_file_and_the_slice(tmp_path):
+    path = tmp_path / "d.slices.yaml"
+    path.write_text('crowded: "at least 4 cars"\n')
+    with pytest.raises(DatasetError) as err:
+        stats.load_slices(path, {0: "person"})
+    assert str(err.value) == (
+        f"{path}: slice 'crowded': 'at least 4 cars' is not '<op> <count> <class>' "
+        "(op one of >=, <=, ==, >, <; class one of person) nor a list of image file names"
+    )
