@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_cv_yolo.decide.promotion import Criteria
+from mlflow_cv_yolo.decide.promotion import GATE_STATS, Criteria
 from mlflow_cv_yolo.train.grid import RunConfig, expand, load_grid
 from mlflow_cv_yolo.train.pruning import Pruning
 from mlflow_cv_yolo.train.ray_cluster import ExecutorSettings
@@ -32,11 +32,25 @@ def margin(text: str) -> float:
     return value
 
 
-def criteria_from(given: dict[str, float | None], ini: dict[str, str], gate: dict[str, float]) -> Criteria:
+def gate_stat(text: str) -> str:
+    """What the improvement criterion compares: "ci" (a paired bootstrap interval) or "point"."""
+    if text not in GATE_STATS:
+        raise ValueError(f"{text!r} is not one of {', '.join(GATE_STATS)}")
+    return text
+
+
+def criteria_from(given: dict[str, Any], ini: dict[str, str], gate: dict[str, float]) -> Criteria:
     """Command line first, then the grid file's `gate:` (checked when read), then
     pytest.ini; an ini value out of range names its key."""
     values = {}
-    for key, parse in (("min_map", fraction), ("min_map_scratch", fraction), ("min_improvement", margin)):
+    keys = (
+        ("min_map", fraction),
+        ("min_map_scratch", fraction),
+        ("min_improvement", margin),
+        ("max_drop", fraction),
+        ("gate_stat", gate_stat),
+    )
+    for key, parse in keys:
         if given.get(key) is not None or key in gate:
             values[key] = given[key] if given.get(key) is not None else gate[key]
             continue

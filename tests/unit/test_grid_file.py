@@ -104,8 +104,11 @@ def test_ci_profile_carries_its_own_gate():
         ("gate:\n  min_map: high\n", "gate.min_map = 'high': must be a number in [0, 1]"),
         ("gate:\n  min_map: true\n", "gate.min_map = True: must be a number in [0, 1]"),
         ("gate:\n  min_map: .nan\n", "gate.min_map = nan: must be a number in [0, 1]"),
-        ("gate:\n  min_mAP: 0.2\n", "gate.min_mAP: unknown key (allowed: min_map, min_map_scratch, min_improvement)"),
-        ("gate: 0.25\n", "gate: expected a mapping of min_map, min_map_scratch, min_improvement to numbers"),
+        (
+            "gate:\n  min_mAP: 0.2\n",
+            "gate.min_mAP: unknown key (allowed: min_map, min_map_scratch, min_improvement, max_drop)",
+        ),
+        ("gate: 0.25\n", "gate: expected a mapping of min_map, min_map_scratch, min_improvement, max_drop to numbers"),
     ],
 )
 def test_bad_gate_is_one_line_naming_the_file_and_key(tmp_path, gate, message):

@@ -63,25 +63,20 @@ def match(record: ImageRecord, area: tuple[float, float]) -> tuple[np.ndarray, n
     lo, hi = area
     a = record.gt_area
     inside = (a >= lo) & (a < hi)
-    order = np.argsort(~inside, kind="stable")  # in-range ground truths first, as COCOeval sorts them
-    iou = _iou(record.pred_boxes, record.gt_boxes[order]) * (record.pred_cls[:, None] == record.gt_cls[order][None])
-    ignored_gt = ~inside[order]
+    iou = _iou(record.pred_boxes, record.gt_boxes) * (record.pred_cls[:, None] == record.gt_cls[None])
+    steps = np.arange(len(thresholds))
     tp = np.zeros((n, len(thresholds)), bool)
     ignored = np.zeros((n, len(thresholds)), bool)
-    for t, threshold in enumerate(thresholds):
-        claimed = np.zeros(len(order), bool)
-        for j in range(n):
-            best, best_iou = -1, min(threshold, 1 - 1e-10)
-            for k in range(len(order)):
-                if claimed[k]:
-                    continue
-                if best > -1 and not ignored_gt[best] and ignored_gt[k]:
-                    break  # a match on an in-range ground truth beats any ignored one
-                if iou[j, k] >= best_iou:
-                    best, best_iou = k, iou[j, k]
-            if best > -1:
-                claimed[best] = True
-                tp[j, t], ignored[j, t] = not ignored_gt[best], ignored_gt[best]
+    claimed = np.zeros((len(a), len(thresholds)), bool)
+    for j in np.flatnonzero((iou >= thresholds[0]).any(1)):  # by descending confidence
+        ok = ~claimed & (iou[j][:, None] >= thresholds)  # (m, 10) unclaimed and close enough
+        in_range = ok & inside[:, None]
+        # An in-range ground truth beats any ignored one; the highest IoU among them wins.
+        allowed = in_range | (ok & ~in_range.any(0))
+        k = np.where(allowed, iou[j][:, None], -1.0).argmax(0)
+        hit = allowed[k, steps]
+        claimed[k[hit], steps[hit]] = True
+        tp[j], ignored[j] = hit & inside[k], hit & ~inside[k]
     p = record.pred_area
     outside = ~((p >= lo) & (p < hi))
     ignored |= ~tp & outside[:, None]
@@ -217,6 +212,18 @@ _OPS = {
     "<": np.less,
 }
 _RULE = re.compile(r"^\s*(>=|<=|==|>|<)\s*(\d+)\s+(\S+?)\s*$")
+
+
+def dataset_names(data: Path) -> dict[int, str]:
+    """The class names of a dataset yaml (a mapping or a list, as ultralytics reads them)."""
+    names = (yaml.safe_load(data.read_text()) or {}).get("names", {})
+    return dict(enumerate(names)) if isinstance(names, list) else {int(k): str(v) for k, v in names.items()}
+
+
+def split_images(data: Path, split: str = "test") -> Path:
+    """The folder of one split's images, as ultralytics resolves it from the dataset yaml."""
+    spec = yaml.safe_load(data.read_text()) or {}
+    return data.parent / spec.get("path", "") / spec[split]
 
 
 def slices_path(data: Path) -> Path:

@@ -18,21 +18,28 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.decide import ranking
+from mlflow_cv_yolo.decide import bootstrap, ranking
+from mlflow_cv_yolo.decide import detection_stats as stats
 from mlflow_cv_yolo.decide.ranking import RunRecord
 from mlflow_cv_yolo.detector import COLUMNS
 from mlflow_cv_yolo.runs.tracking import log_model, logged_models
+from mlflow_cv_yolo.train.per_image import evaluate_per_image, save_records
 from mlflow_cv_yolo.train.training import evaluate
 
 # The registry keeps a version's description in a 5000-character column.
 DESCRIPTION_LIMIT = 5000
+GATE_STATS = ("ci", "point")
+IMPROVEMENT = "improvement over champion"
+NO_REGRESSION = "no regression by size or slice"
 
 
 @dataclass(frozen=True)
 class Criteria:
     min_map: float  # for runs that started from pretrained weights
     min_map_scratch: float  # for runs trained from scratch (no pretrained weights available)
-    min_improvement: float  # over the production champion, on val mAP50-95
+    min_improvement: float  # over the production champion: the interval's lower bound (ci) or val mAP50-95 (point)
+    max_drop: float = 0.0  # the most a gated size or slice may lose: its interval's upper bound >= -max_drop
+    gate_stat: str = "ci"  # "ci": paired bootstrap on test; "point": val point figures alone
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class Criterion:
     value: float | None
     passed: bool
     note: str = ""
+    measure: str = ""  # what `value` is, where the name does not say
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class Decision:
     alias: str | None = None
     dataset_digest: str | None = None
     table: tuple[dict, ...] = ()
+    deltas: tuple[dict, ...] = ()  # the Δ table (bootstrap.Delta as dicts): overall, sizes, slices
+    evaluations: dict[str, str] = field(default_factory=dict)  # "candidate-test" -> kept per-image .npz
 
     @property
     def failed(self) -> list[Criterion]:
@@ -134,6 +144,8 @@ class Decision:
                 f"| {c.name} | {_fmt(c.threshold)} | {_fmt(c.value)} | {'pass' if c.passed else 'FAIL'} | {c.note} |"
                 for c in self.criteria
             ]
+        if self.deltas:
+            lines += ["", *delta_table(self.deltas)]
         if self.metrics:
             lines += ["", "Candidate metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(self.metrics.items()))]
         if self.params:
@@ -160,6 +172,48 @@ class Decision:
         return md, js
 
 
+def delta_table(deltas: tuple[dict, ...]) -> list[str]:
+    """The Δ table as markdown lines: one row per view, the gated ones marked."""
+    lines = [
+        "| test mAP50-95 | candidate | champion | Δ | 95% interval | images | objects | gated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in deltas:
+        interval = "—" if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+        delta = "—" if d["delta"] is None else f"{d['delta']:+.4f}"
+        gated = "yes" if d["gated"] else f"no (< {bootstrap.MIN_SUPPORT} objects)"
+        lines.append(
+            f"| {d['name']} | {_fmt(d['candidate'])} | {_fmt(d['champion'])} | {delta} | {interval} "
+            f"| {d['images']} | {d['objects']} | {gated if d['kind'] != 'overall' else '—'} |"
+        )
+    return lines
+
+
+def ci_criteria(rows: list[bootstrap.Delta], criteria: Criteria, on_val: str) -> list[Criterion]:
+    """*improvement*: the overall interval's lower bound exceeds min_improvement;
+    *no regression*: no gated size or slice has its upper bound below -max_drop."""
+    overall = next(r for r in rows if r.kind == "overall")
+    improved = overall.low is not None and overall.low > criteria.min_improvement
+    note = (
+        f"Δ test mAP50-95 {overall.delta:+.4f}, 95% interval {overall.interval} over {overall.images} images "
+        f"(paired bootstrap); {on_val}"
+        if overall.delta is not None
+        else f"no ground truth on test; {on_val}"
+    )
+    checks = [Criterion(IMPROVEMENT, criteria.min_improvement, overall.low, improved, note, "interval's lower bound")]
+    gated = [r for r in rows if r.kind != "overall" and r.gated and r.high is not None]
+    shown = [r.name for r in rows if r.kind != "overall" and not r.gated]
+    worse = [r for r in gated if r.high < -criteria.max_drop]
+    if worse:
+        note = "; ".join(f"{r.name} Δ {r.delta:+.4f} {r.interval}" for r in worse)
+    else:
+        note = f"gated: {', '.join(r.name for r in gated) or 'none'}"
+        note += f"; shown only (< {bootstrap.MIN_SUPPORT} objects): {', '.join(shown)}" if shown else ""
+    lowest = min((r.high for r in gated), default=None)
+    checks.append(Criterion(NO_REGRESSION, 0.0 - criteria.max_drop, lowest, not worse, note, "lowest upper bound"))
+    return checks
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -170,11 +224,14 @@ def failure_line(decision: Decision) -> str:
     """One line for the CI log: which criterion failed and by how much."""
     parts = []
     for c in decision.failed:
-        if c.value is not None and c.threshold is not None:
+        if c.name == NO_REGRESSION:
+            parts.append(f"{c.name}: {c.note} (upper bound below {c.threshold:+.4f})")
+        elif c.value is not None and c.threshold is not None:
             parts.append(
                 f"{c.name} = {c.value:.4f}, needs >= {c.threshold:.4f} (short by {c.threshold - c.value:.4f})"
-                if c.name != "improvement over champion"
+                if c.name != IMPROVEMENT
                 else f"{c.name} = {c.value:+.4f}, needs > {c.threshold:.4f}"
+                + (f" ({c.measure} on test)" if c.measure else "")
             )
         else:
             parts.append(f"{c.name}: {c.note}")
@@ -253,18 +310,24 @@ def decide(
 
     workdir.mkdir(parents=True, exist_ok=True)  # a session that reused every run trained nothing there
     work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
+    slices = stats.load_slices(stats.slices_path(data), stats.dataset_names(data))
     imgsz = int(candidate.params.get("imgsz", 320))
     weights = None
+    records = None  # the candidate's per-image test evaluation, when this session made one
+    evaluations: dict[str, str] = {}
     if candidate.reused_from and {"test/mAP50-95", "test/mAP50"} <= set(candidate.metrics):
         # Evaluated on test when an earlier session chose it: the same weights and data (its key).
         test = {"mAP50-95": candidate.metrics["test/mAP50-95"], "mAP50": candidate.metrics["test/mAP50"]}
     else:
         weights = _weights_from_run(client, candidate.run_id, work / "candidate")
-        test = evaluate(
+        test, records = evaluate_per_image(
             weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test", device=device
         )
+        evaluations["candidate-test"] = str(save_records(records, work / "candidate-test.npz"))
         client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
         client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
+        for key, value in bootstrap.figures(records, slices).items():
+            client.log_metric(candidate.run_id, key, value)
     metrics = {
         **{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
         **{f"test/{k}": v for k, v in test.items()},
@@ -296,7 +359,7 @@ def decide(
     if champion is None:
         checks.append(
             Criterion(
-                "improvement over champion",
+                IMPROVEMENT,
                 criteria.min_improvement,
                 None,
                 True,
@@ -317,26 +380,34 @@ def decide(
         champ_val = evaluate(
             champ_weights, data=data, imgsz=champ_imgsz, split="val", project=work, name="champion-val", device=device
         )
-        champ_test = evaluate(
+        champ_test, champ_records = evaluate_per_image(
             champ_weights, data=data, imgsz=champ_imgsz, split="test", project=work, name="champion-test", device=device
         )
+        evaluations["champion-test"] = str(save_records(champ_records, work / "champion-test.npz"))
+        evaluations["test-images"] = str(stats.split_images(data, "test"))
         champion_record = {
             "version": champion.version,
             "run_id": champion.run_id,
             "val/mAP50-95": champ_val["mAP50-95"],
             "test/mAP50-95": champ_test["mAP50-95"],
             "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"],
+            **bootstrap.figures(champ_records, slices),
         }
-        gain = val["mAP50-95"] - champ_val["mAP50-95"]
-        checks.append(
-            Criterion(
-                "improvement over champion",
-                criteria.min_improvement,
-                gain,
-                gain > criteria.min_improvement,
-                f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val",
+        on_val = f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val"
+        if criteria.gate_stat == "point":
+            gain = val["mAP50-95"] - champ_val["mAP50-95"]
+            checks.append(
+                Criterion(IMPROVEMENT, criteria.min_improvement, gain, gain > criteria.min_improvement, on_val)
             )
-        )
+        else:
+            if records is None:  # a reused candidate: its test figures were kept, its per-image evaluation not
+                _, records = evaluate_per_image(
+                    weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test", device=device
+                )
+                evaluations["candidate-test"] = str(save_records(records, work / "candidate-test.npz"))
+            rows = bootstrap.compare(records, champ_records, slices)
+            base["deltas"] = tuple(dataclasses.asdict(r) for r in rows)
+            checks += ci_criteria(rows, criteria, on_val)
 
     failed = [c for c in checks if not c.passed]
     if failed:
@@ -355,6 +426,7 @@ def decide(
         metrics=metrics,
         params=dict(candidate.params),
         champion=champion_record,
+        evaluations=evaluations,
         **base,
     )
 

@@ -21,6 +21,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mlflow_cv_yolo.decide.promotion import delta_table
 from mlflow_cv_yolo.decide.ranking import (
     METRIC,
     LevelEffect,
@@ -31,18 +32,20 @@ from mlflow_cv_yolo.decide.ranking import (
     runs_table,
     seed_noise,
 )
+from mlflow_cv_yolo.present import review
 
 History = dict[str, list[tuple[int, float]]]
 LOSSES = ("box_loss", "cls_loss", "dfl_loss")
 # Shown in their own sections (the runs table and the seed-noise sentence come from the runs).
-DECISION_KEYS = ("outcome", "reason", "candidate", "criteria", "table", "noise")
+DECISION_KEYS = ("outcome", "reason", "candidate", "criteria", "table", "noise", "deltas", "evaluations")
 
 
 @dataclass(frozen=True)
 class ReportFiles:
     html: Path
     markdown: Path
-    plots: list[Path]
+    plots: list[Path]  # the flipped images' gallery included
+    review: Path  # review.md, for the pull request
 
 
 class Link(NamedTuple):
@@ -342,8 +345,9 @@ def write_report(
     histories: dict[str, History],
     decision: dict[str, Any],
     run_url: Callable[[RunRecord], str],
+    session_url: str | None = None,
 ) -> ReportFiles:
-    """Write plots, report.md and report.html for one session under `out_dir`."""
+    """Write plots, report.md, report.html and review.md for one session under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ordered = [next(r for r in runs if r.run_id == row["run"]) for row in runs_table(runs)]
@@ -359,9 +363,34 @@ def write_report(
         ),
         "effects": _plot_effects(out_dir / "effects.png", axis_effects(runs), label),
     }
+    found, drawn = review.gallery(decision.get("evaluations") or {}, out_dir)
     blocks = _blocks(session_id, runs, decision, run_url, plots)
+    at = next(i for i, b in enumerate(blocks) if isinstance(b, Heading) and b.text.startswith("Runs, best first"))
+    blocks[at:at] = _review_blocks(decision, found, drawn)  # the decision's section ends there
     markdown = out_dir / "report.md"
     markdown.write_text(_markdown(blocks), encoding="utf-8")
     page = out_dir / "report.html"
     page.write_text(_html(f"Experiment report {session_id}", blocks), encoding="utf-8")
-    return ReportFiles(html=page, markdown=markdown, plots=list(plots.values()))
+    written = out_dir / "review.md"
+    written.write_text(review.markdown(decision, found, session_url=session_url), encoding="utf-8")
+    return ReportFiles(html=page, markdown=markdown, plots=[*plots.values(), *drawn], review=written)
+
+
+def _review_blocks(decision: dict[str, Any], found: list[review.Flip], drawn: list[Path]) -> list[Block]:
+    """The Δ table and the flipped images, when the session compared against a champion."""
+    deltas = decision.get("deltas") or []
+    if not deltas:
+        return []
+    lines = delta_table(tuple(deltas))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    blocks: list[Block] = [
+        Heading("Against production: Δ test mAP50-95 with 95% intervals (paired bootstrap)", 3),
+        Table(cells[0], cells[2:]),
+    ]
+    if drawn:
+        blocks.append(Heading("Images whose outcome flipped most", 3))
+        blocks += [
+            Image(path, f"{f.name}: candidate {f.candidate_found}, champion {f.champion_found}")
+            for f, path in zip(found, drawn, strict=True)
+        ]
+    return blocks

@@ -178,7 +178,7 @@ def load_grid(path: Path, overrides: list[tuple[str, list[str]]] = ()) -> dict[s
 # settings: 64-pixel CI runs cannot reach what 416-pixel runs do). Precedence:
 # command line > grid file > pytest.ini.
 GATE = "gate"
-GATE_KEYS = ("min_map", "min_map_scratch", "min_improvement")
+GATE_KEYS = ("min_map", "min_map_scratch", "min_improvement", "max_drop")
 
 
 def load_gate(path: Path) -> dict[str, float]:
