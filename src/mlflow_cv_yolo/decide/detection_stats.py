@@ -146,12 +146,17 @@ def weighted_map(v: View, weights: np.ndarray, chunk: int = 4_000_000) -> np.nda
         if not sel.any():
             continue
         img, tp, fp = v.img[sel], v.tp[sel].astype(float), v.fp[sel].astype(float)
-        step = max(1, chunk // max(1, len(img)))
-        for r0 in range(0, len(weights), step):
-            w = weights[r0 : r0 + step, img]  # (r, n)
-            for t in range(len(IOU_THRESHOLDS)):
-                tpc = np.cumsum(w * tp[:, t], axis=1)
-                fpc = np.cumsum(w * fp[:, t], axis=1)
+        for t in range(len(IOU_THRESHOLDS)):
+            hits = np.flatnonzero(tp[:, t])
+            if not len(hits):
+                continue  # AP 0 on every resample
+            # Predictions after the last true positive move neither recall nor the precision envelope.
+            n = hits[-1] + 1
+            step = max(1, chunk // n)
+            for r0 in range(0, len(weights), step):
+                w = weights[r0 : r0 + step, img[:n]]  # (r, n)
+                tpc = np.cumsum(w * tp[:n, t], axis=1)
+                fpc = np.cumsum(w * fp[:n, t], axis=1)
                 recall = tpc / (n_gt[r0 : r0 + step, ci, None] + 1e-16)
                 total = tpc + fpc
                 precision = np.divide(tpc, total, out=np.ones_like(tpc), where=total > 0)
