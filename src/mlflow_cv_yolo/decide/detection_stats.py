@@ -162,9 +162,11 @@ def weighted_map(v: View, weights: np.ndarray, chunk: int = 4_000_000) -> np.nda
                 precision = np.divide(tpc, total, out=np.ones_like(tpc), where=total > 0)
                 ap[r0 : r0 + step, ci, t] = _ap_rows(recall, precision)
     ap[n_gt == 0] = np.nan
-    with np.errstate(all="ignore"):
-        out = np.nanmean(ap.reshape(len(weights), -1), axis=1) if len(v.classes) else np.full(len(weights), np.nan)
-    return out
+    if not len(v.classes):
+        return np.full(len(weights), np.nan)
+    counted = np.isfinite(ap).reshape(len(weights), -1)
+    total = np.where(counted, ap.reshape(len(weights), -1), 0.0).sum(1)
+    return np.divide(total, counted.sum(1), out=np.full(len(weights), np.nan), where=counted.any(1))
 
 
 def _ap_rows(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ class Criteria:
     min_map: float  # for runs that started from pretrained weights
     min_map_scratch: float  # for runs trained from scratch (no pretrained weights available)
     min_improvement: float  # over the production champion: the interval's lower bound (ci) or val mAP50-95 (point)
-    max_drop: float = 0.0  # the most a gated size or slice may lose: its interval's upper bound >= -max_drop
+    max_drop: float = 0.01  # the most a gated size or slice may lose: its interval's upper bound >= -max_drop
     gate_stat: str = "ci"  # "ci": paired bootstrap on test; "point": val point figures alone
 
 
