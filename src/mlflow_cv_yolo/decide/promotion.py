@@ -105,6 +105,17 @@ class Decision:
     evaluations: dict[str, str] = field(default_factory=dict)  # "candidate-test" -> kept per-image .npz
 
     @property
+    def image_noise(self) -> str:
+        """How much the test images move Δ, beside the seed noise (how much training does)."""
+        overall = next((d for d in self.deltas if d["kind"] == "overall" and d["low"] is not None), None)
+        if overall is None:
+            return ""
+        return (
+            f"between test images, the 95% interval of Δ test mAP50-95 is {overall['high'] - overall['low']:.4f} wide "
+            f"([{overall['low']:+.4f}, {overall['high']:+.4f}], {overall['images']} images, paired bootstrap)"
+        )
+
+    @property
     def failed(self) -> list[Criterion]:
         return [c for c in self.criteria if not c.passed]
 
@@ -158,6 +169,8 @@ class Decision:
             lines += ["", "Champion: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in self.champion.items())]
         if self.noise:
             lines += ["", f"Seed noise: {self.noise}"]
+        if self.image_noise:
+            lines += ["", f"Image noise: {self.image_noise}"]
         if self.table:
             keys = list(self.table[0])
             lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -328,6 +341,7 @@ def decide(
         client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
         for key, value in bootstrap.figures(records, slices).items():
             client.log_metric(candidate.run_id, key, value)
+            test[key.removeprefix("test/")] = value
     metrics = {
         **{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
         **{f"test/{k}": v for k, v in test.items()},

@@ -138,6 +138,10 @@ def markdown(decision: dict[str, Any], found: Sequence[Flip] = (), *, session_ur
         ]
     if decision.get("noise"):
         lines += [f"Seed noise (val, between seeds): {decision['noise']}", ""]
+    overall = next((d for d in deltas if d["kind"] == "overall" and d["low"] is not None), None)
+    if overall:
+        width = overall["high"] - overall["low"]
+        lines += [f"Image noise (test, between images): the 95% interval of Δ is {width:.4f} wide.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
