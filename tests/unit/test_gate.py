@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mlflow_cv_yolo.decide import bootstrap
@@ -75,3 +77,26 @@ def test_a_bad_ini_value_names_its_key(key, value, message):
     with pytest.raises(ValueError) as err:
         criteria_from({}, {**INI, key: value}, {})
     assert str(err.value) == message
+
+
+def test_the_decision_record_has_the_delta_table_and_both_noises():
+    rows = [row("overall", "overall", 0.05, 0.02, 0.08), row("slice lone", "slice", -0.5, -0.9, -0.1, objects=2)]
+    decision = Decision(
+        "promoted",
+        "passed",
+        "s1",
+        noise="seeds move val mAP50-95 by 0.0100",
+        deltas=tuple(dataclasses.asdict(r) for r in rows),
+    )
+    lines = decision.markdown().splitlines()
+    assert lines[
+        lines.index("| test mAP50-95 | candidate | champion | Δ | 95% interval | images | objects | gated |") :
+    ][2:4] == [
+        "| overall | 0.3500 | 0.3000 | +0.0500 | [+0.0200, +0.0800] | 10 | 50 | — |",
+        "| slice lone | -0.2000 | 0.3000 | -0.5000 | [-0.9000, -0.1000] | 10 | 2 | no (< 20 objects) |",
+    ]
+    assert "Seed noise: seeds move val mAP50-95 by 0.0100" in lines
+    assert (
+        "Image noise: between test images, the 95% interval of Δ test mAP50-95 is 0.0600 wide "
+        "([+0.0200, +0.0800], 10 images, paired bootstrap)"
+    ) in lines
