@@ -81,7 +81,7 @@ def test_vectorised_ap_is_ultralytics_compute_ap_on_curves_with_ties():
         assert ours == pytest.approx(compute_ap(recall, precision)[0], abs=1e-12)
 
 
-def coco_ap_by_size(images: list[ImageRecord]) -> dict[str, float]:
+def coco_eval(images: list[ImageRecord]) -> COCOeval:
     xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]  # noqa: E731
     gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
     dets = []
@@ -110,7 +110,11 @@ def coco_ap_by_size(images: list[ImageRecord]) -> dict[str, float]:
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return dict(zip(("small", "medium", "large"), ev.stats[3:6], strict=True))
+    return ev
+
+
+def coco_ap_by_size(images: list[ImageRecord]) -> dict[str, float]:
+    return dict(zip(("small", "medium", "large"), coco_eval(images).stats[3:6], strict=True))
 
 
 def test_ap_by_size_agrees_with_pycocotools():
@@ -128,6 +132,17 @@ def test_ap_by_size_agrees_with_pycocotools():
                 preds.append(([x + 200, y + 200, x + 200 + side, y + 200 + side], rng.uniform(0, 0.8)))
         images.append(record(f"{i}.jpg", gts, preds))
     reference = coco_ap_by_size(images)
+    # Matching and ignoring, prediction by prediction, are COCOeval's (its evalImgs: area range-major).
+    ev = coco_eval(images)
+    for a, (size, area) in enumerate(stats.SIZES.items(), start=1):
+        for i, r in enumerate(images):
+            e = ev.evalImgs[a * len(images) + i]
+            tp, fp = stats.match(r, area)
+            if e is None:
+                assert not tp.any() and not fp.any(), (size, i)
+                continue
+            assert np.array_equal(tp.T, (e["dtMatches"] > 0) & ~e["dtIgnore"]), (size, i)
+            assert np.array_equal((~tp & ~fp).T, e["dtIgnore"]), (size, i)
     ours = {size: stats.point_map(stats.view(images, area)) for size, area in stats.SIZES.items()}
     # ultralytics integrates the interpolated curve (trapezoids); COCOeval sums steps.
     assert ours == pytest.approx(reference, abs=0.02)
