@@ -8,7 +8,7 @@ import uuid
 
 import mlflow
 import pytest
-from helpers import MICRO, run_suite
+from helpers import MICRO, run_suite, session_of
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.detector import COLUMNS, encode_images
@@ -341,6 +341,12 @@ def test_champion_keeps_production_unless_the_challenger_beats_it(grid_session, 
     assert f"candidate 0.0000 vs production v{champion} 0.0000 on val" in tie.stdout
     assert "promotion gate FAILED: improvement over champion = +0.0000, needs > 0.0000" in tie.stdout
     assert client.get_model_version_by_alias(model, "production").version == champion
+    # The review beside the report: the decision, the bootstrap criteria and the Δ table.
+    review = (tmp_path / "tie" / "reports" / session_of(tie.stdout) / "review.md").read_text().splitlines()
+    assert review[:2] == ["<!-- cv-yolo-review -->", "## Promotion gate: REJECTED"]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in review if line.startswith("| ")]
+    assert {"improvement over champion", "no regression by size or slice"} <= set(rows)
+    assert {"overall", "small", "medium", "large", "slice crowded", "slice lone"} <= set(rows)
     assert len(client.search_model_versions(f"name = '{model}'")) == 1
 
     wins = run_suite(
