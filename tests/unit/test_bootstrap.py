@@ -53,8 +53,8 @@ def test_the_paired_interval_is_the_difference_on_the_same_draws():
     assert (low, high) == tuple(np.percentile(diff, [2.5, 97.5]))
 
 
-def test_weighted_map_at_unit_weights_is_ultralytics_ap_per_class():
-    rng = np.random.default_rng(7)
+def random_images(seed: int) -> list[ImageRecord]:
+    rng = np.random.default_rng(seed)
     images = []
     for i in range(12):
         gts = [
@@ -63,10 +63,42 @@ def test_weighted_map_at_unit_weights_is_ultralytics_ap_per_class():
         preds = [([c + rng.normal(0, 4) for c in g], rng.uniform()) for g in gts if rng.uniform() < 0.7]
         preds += [([x, y, x + 30, y + 30], rng.uniform()) for x, y in rng.uniform(0, 200, size=(3, 2))]
         images.append(record(f"{i}.jpg", gts, preds))
+    return images
+
+
+def test_weighted_map_at_unit_weights_is_ultralytics_ap_per_class():
+    images = random_images(seed=7)
     for area in (stats.ALL, *stats.SIZES.values()):
         v = stats.view(images, area)
         point = stats.point_map(v)
         assert stats.weighted_map(v, np.ones((1, len(images))))[0] == pytest.approx(point, abs=1e-12)
+
+
+def whole_curve_map(v: stats.View, weights: np.ndarray) -> np.ndarray:
+    """The reference: every prediction's point on every resample's curve."""
+    weights = weights.astype(float)
+    ap = np.zeros((len(weights), len(v.classes), 10))
+    n_gt = weights @ v.gt
+    for ci, c in enumerate(v.classes):
+        sel = v.cls == c
+        w = weights[:, v.img[sel]]
+        for t in range(10):
+            tpc = np.cumsum(w * v.tp[sel, t], axis=1)
+            fpc = np.cumsum(w * v.fp[sel, t], axis=1)
+            total = tpc + fpc
+            precision = np.divide(tpc, total, out=np.ones_like(tpc), where=total > 0)
+            ap[:, ci, t] = stats._ap_rows(tpc / (n_gt[:, ci, None] + 1e-16), precision)
+    ap[n_gt == 0] = np.nan
+    return np.nanmean(ap.reshape(len(weights), -1), axis=1)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # resamples with no object of a size
+def test_weighted_map_on_resamples_is_the_whole_curves_figure():
+    images = random_images(seed=11)
+    weights = bootstrap.resample_weights(len(images), 300, seed=1)
+    for area in (stats.ALL, *stats.SIZES.values()):
+        v = stats.view(images, area)
+        assert np.allclose(stats.weighted_map(v, weights), whole_curve_map(v, weights), atol=1e-12, equal_nan=True)
 
 
 def test_vectorised_ap_is_ultralytics_compute_ap_on_curves_with_ties():

@@ -134,39 +134,55 @@ def point_map(v: View) -> float | None:
     return float(ap.mean())
 
 
-def weighted_map(v: View, weights: np.ndarray, chunk: int = 4_000_000) -> np.ndarray:
+def weighted_map(v: View, weights: np.ndarray) -> np.ndarray:
     """mAP50-95 for each row of `weights` (R, I), an image's weight being how often a
-    resample draws it; NaN for a row with no ground truth. Vectorised over resamples
-    and predictions, in chunks of about `chunk` elements."""
+    resample draws it; NaN for a row with no ground truth. Vectorised over resamples.
+
+    Exact and smaller than the whole precision-recall curve: the envelope, and so AP,
+    depends only on each true positive's point and, before it, the last false positive's
+    (the lowest precision at the previous recall); predictions after the last true
+    positive change nothing. So each curve is 2K + 1 points for K true positives, the
+    false positives' weights summed per image and segment with one matrix product."""
     weights = np.atleast_2d(weights).astype(float)
+    rows, n_images = weights.shape
     n_gt = weights @ v.gt  # (R, C)
-    ap = np.zeros((len(weights), len(v.classes), len(IOU_THRESHOLDS)))
+    ap = np.zeros((rows, len(v.classes), len(IOU_THRESHOLDS)))
     for ci, c in enumerate(v.classes):
-        sel = v.cls == c
-        if not sel.any():
-            continue
-        img, tp, fp = v.img[sel], v.tp[sel].astype(float), v.fp[sel].astype(float)
+        sel = np.flatnonzero(v.cls == c)
+        img = v.img[sel]
         for t in range(len(IOU_THRESHOLDS)):
-            hits = np.flatnonzero(tp[:, t])
+            hits = np.flatnonzero(v.tp[sel, t])
             if not len(hits):
                 continue  # AP 0 on every resample
-            # Predictions after the last true positive move neither recall nor the precision envelope.
-            n = hits[-1] + 1
-            step = max(1, chunk // n)
-            for r0 in range(0, len(weights), step):
-                w = weights[r0 : r0 + step, img[:n]]  # (r, n)
-                tpc = np.cumsum(w * tp[:n, t], axis=1)
-                fpc = np.cumsum(w * fp[:n, t], axis=1)
-                recall = tpc / (n_gt[r0 : r0 + step, ci, None] + 1e-16)
-                total = tpc + fpc
-                precision = np.divide(tpc, total, out=np.ones_like(tpc), where=total > 0)
-                ap[r0 : r0 + step, ci, t] = _ap_rows(recall, precision)
+            misses = np.flatnonzero(v.fp[sel[: hits[-1]], t])
+            counts = np.zeros((n_images, len(hits)))
+            np.add.at(counts, (img[misses], np.searchsorted(hits, misses)), 1.0)
+            before = weights @ np.cumsum(counts, axis=1)  # false-positive weight ranked above each hit
+            found = np.cumsum(weights[:, img[hits]], axis=1)
+            ap[:, ci, t] = _ap_points(found, before, n_gt[:, ci])
     ap[n_gt == 0] = np.nan
     if not len(v.classes):
-        return np.full(len(weights), np.nan)
-    counted = np.isfinite(ap).reshape(len(weights), -1)
-    total = np.where(counted, ap.reshape(len(weights), -1), 0.0).sum(1)
-    return np.divide(total, counted.sum(1), out=np.full(len(weights), np.nan), where=counted.any(1))
+        return np.full(rows, np.nan)
+    counted = np.isfinite(ap).reshape(rows, -1)
+    total = np.where(counted, ap.reshape(rows, -1), 0.0).sum(1)
+    return np.divide(total, counted.sum(1), out=np.full(rows, np.nan), where=counted.any(1))
+
+
+def _ap_points(found: np.ndarray, before: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
+    """AP per row from the cumulative true-positive weight at each hit and the
+    false-positive weight ranked above it."""
+    after = np.concatenate([before[:, 1:], before[:, -1:]], axis=1)  # above the next hit (none past the last)
+
+    def precision(fp: np.ndarray) -> np.ndarray:
+        total = found + fp
+        return np.divide(found, total, out=np.ones_like(found), where=total > 0)
+
+    rows, k = found.shape
+    recall = np.repeat(found / (n_gt[:, None] + 1e-16), 2, axis=1)
+    points = np.empty((rows, 2 * k))
+    points[:, 0::2], points[:, 1::2] = precision(before), precision(after)
+    lead = np.where(before[:, :1] > 0, 0.0, 1.0)  # false positives ranked above the first hit
+    return _ap_rows(np.concatenate([np.zeros((rows, 1)), recall], 1), np.concatenate([lead, points], 1))
 
 
 def _ap_rows(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
