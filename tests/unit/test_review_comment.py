@@ -100,3 +100,19 @@ def test_outside_a_pull_request_only_the_step_summary_is_written(tmp_path):
     assert done.stdout == "review_comment: not a pull request: step summary only\n"
     assert state(tmp_path)["calls"] == []
     assert (tmp_path / "summary.md").read_text() == f"{MARKER}\n## Promotion gate: PROMOTED\n{LINK}\n"
+
+
+def test_the_workflow_runs_this_script_in_the_only_job_that_may_write_to_pull_requests():
+    import yaml
+
+    flow = yaml.safe_load((REPO / ".github" / "workflows" / "experiments.yml").read_text())
+    assert flow["permissions"] == {}
+    assert flow["jobs"]["grid"]["permissions"] == {"contents": "read"}
+    review = flow["jobs"]["review"]
+    assert (review["needs"], review["if"]) == ("grid", "always()")
+    assert review["permissions"] == {"contents": "read", "pull-requests": "write"}
+    (step,) = [s for s in review["steps"] if "run" in s]
+    assert step["run"] == "python3 scripts/review_comment.py reports/"
+    assert step["env"] == {"GH_TOKEN": "${{ github.token }}"}
+    uses = [s["uses"] for job in flow["jobs"].values() for s in job["steps"] if "uses" in s]
+    assert all(len(u.split("@")[1]) == 40 for u in uses), uses  # pinned by commit
