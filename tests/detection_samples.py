@@ -8,16 +8,17 @@ from mlflow_cv_yolo.decide import detection_stats as stats
 from mlflow_cv_yolo.train.per_image import ImageRecord
 
 
-def record(name: str, gts: list, preds: list) -> ImageRecord:
-    """gts: xyxy boxes (class 0); preds: (xyxy, conf), matched as COCO does."""
+def record(name: str, gts: list, preds: list, gt_cls: list | None = None) -> ImageRecord:
+    """gts: xyxy boxes (class 0 unless `gt_cls` says); preds: (xyxy, conf[, class]),
+    matched as COCO does."""
     preds = sorted(preds, key=lambda p: -p[1])
     gt = np.array(gts, float).reshape(-1, 4)
     boxes = np.array([p[0] for p in preds], float).reshape(-1, 4)
     r = ImageRecord(
         name,
-        np.zeros(len(gt), int),
+        np.array(gt_cls if gt_cls is not None else [0] * len(gt), int),
         gt,
-        np.zeros(len(boxes), int),
+        np.array([p[2] if len(p) > 2 else 0 for p in preds], int),
         np.array([p[1] for p in preds], float),
         boxes,
         np.zeros((len(boxes), 10), bool),

@@ -208,3 +208,28 @@ def test_a_bad_slice_rule_names_the_file_and_the_slice(tmp_path):
         f"{path}: slice 'crowded': 'at least 4 cars' is not '<op> <count> <class>' "
         "(op one of >=, <=, ==, >, <; class one of person) nor a list of image file names"
     )
+
+
+def test_multi_class_data_gets_a_row_per_class_and_a_lost_class_shows():
+    """Two classes, 3 objects each per image: the candidate finds one more car and one person less."""
+    rng = np.random.default_rng(12)
+
+    def images(people: int, cars: int) -> list[ImageRecord]:
+        out = []
+        for i in range(30):
+            gts = [[10 + 60 * k, 10, 50 + 60 * k, 90] for k in range(6)]
+            found = [0, 1, 2][:people] + [3, 4, 5][:cars]
+            preds = [([x + rng.uniform(-2, 2) for x in gts[k]], rng.uniform(0.5, 1), int(k >= 3)) for k in found]
+            out.append(record(f"{i}.jpg", gts, preds, gt_cls=[0, 0, 0, 1, 1, 1]))
+        return out
+
+    rows = bootstrap.compare(images(1, 3), images(2, 2), names={0: "person", 1: "car"}, resamples=300)
+    by_name = {r.name: r for r in rows}
+    assert [r.name for r in rows if r.kind == "class"] == ["class person", "class car"]
+    assert by_name["class person"].high < 0 < by_name["class car"].low
+    assert (by_name["class person"].objects, by_name["class person"].gated) == (90, True)
+    assert set(bootstrap.figures(images(1, 1), names={0: "person", 1: "car"})) == {
+        "test/AP_medium",
+        "test/AP_class_person",
+        "test/AP_class_car",
+    }

@@ -85,19 +85,45 @@ def compare(
     seed: int = SEED,
     confidence: float = CONFIDENCE,
     min_support: int = MIN_SUPPORT,
+    names: dict[int, str] | None = None,
 ) -> list[Delta]:
-    """The Δ table: overall, each COCO size, each slice."""
+    """The Δ table: overall, each COCO size, each slice, and each class of multi-class data."""
     champion = aligned(candidate, champion)
     weights = resample_weights(len(candidate), resamples, seed)
-    views: list[tuple[str, str, tuple[float, float], np.ndarray | None]] = [("overall", "overall", stats.ALL, None)]
-    views += [(size, "size", area, None) for size, area in stats.SIZES.items()]
-    views += [(f"slice {s.name}", "slice", stats.ALL, s.select(candidate)) for s in slices]
+    every = np.ones(len(candidate), bool)
+    overall = stats.view(candidate), stats.view(champion)
+    views = [("overall", "overall", *overall, every)]
+    views += [
+        (size, "size", stats.view(candidate, area), stats.view(champion, area), every)
+        for size, area in stats.SIZES.items()
+    ]
+    for s in slices:
+        images = s.select(candidate)
+        views.append(
+            (
+                f"slice {s.name}",
+                "slice",
+                stats.view(candidate, images=images),
+                stats.view(champion, images=images),
+                images,
+            )
+        )
+    if len(overall[0].classes) > 1:
+        views += [
+            (
+                f"class {(names or {}).get(int(c), c)}",
+                "class",
+                stats.only(overall[0], c),
+                stats.only(overall[1], c),
+                every,
+            )
+            for c in overall[0].classes
+        ]
     rows = []
-    for name, kind, area, images in views:
-        a, b = stats.view(candidate, area, images), stats.view(champion, area, images)
+    for name, kind, a, b, images in views:
         pa, pb = stats.point_map(a), stats.point_map(b)
         low, high = interval(a, b, weights, confidence) if pa is not None else (None, None)
-        n_images = len(candidate) if images is None else int(np.sum(images))
+        n_images = int(np.sum(images))
         rows.append(
             Delta(
                 name,
@@ -115,9 +141,21 @@ def compare(
     return rows
 
 
-def figures(records: Sequence[ImageRecord], slices: Sequence[stats.Slice] = (), prefix: str = "test/") -> dict:
-    """One model's AP by size and slice, as metrics to log (`test/AP_small`, ...)."""
+def figures(
+    records: Sequence[ImageRecord],
+    slices: Sequence[stats.Slice] = (),
+    prefix: str = "test/",
+    names: dict[int, str] | None = None,
+) -> dict:
+    """One model's AP by size, slice and (multi-class data) class, as metrics to log
+    (`test/AP_small`, `test/AP_slice_crowded`, `test/AP_class_car`)."""
     out = {}
+    overall = stats.view(records)
+    if len(overall.classes) > 1:
+        for c in overall.classes:
+            value = stats.point_map(stats.only(overall, c))
+            if value is not None:
+                out[f"{prefix}AP_class_{(names or {}).get(int(c), c)}"] = value
     for size, area in stats.SIZES.items():
         value = stats.point_map(stats.view(records, area))
         if value is not None:

@@ -46,6 +46,12 @@ class View:
         return int(self.gt.sum())
 
 
+def only(v: View, cls: int) -> View:
+    """The part of a view about one class."""
+    keep, column = v.cls == cls, v.classes == cls
+    return View(v.img[keep], v.cls[keep], v.conf[keep], v.tp[keep], v.fp[keep], v.classes[column], v.gt[:, column])
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) IoU of xyxy boxes."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])

@@ -30,7 +30,7 @@ from mlflow_cv_yolo.train.training import evaluate
 DESCRIPTION_LIMIT = 5000
 GATE_STATS = ("ci", "point")
 IMPROVEMENT = "improvement over champion"
-NO_REGRESSION = "no regression by size or slice"
+NO_REGRESSION = "no regression by size or slice"  # or class, on multi-class data
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def delta_table(deltas: tuple[dict, ...]) -> list[str]:
 
 def ci_criteria(rows: list[bootstrap.Delta], criteria: Criteria, on_val: str) -> list[Criterion]:
     """*improvement*: the overall interval's lower bound exceeds min_improvement;
-    *no regression*: no gated size or slice has its upper bound below -max_drop."""
+    *no regression*: no gated size, slice or class has its upper bound below -max_drop."""
     overall = next(r for r in rows if r.kind == "overall")
     improved = overall.low is not None and overall.low > criteria.min_improvement
     note = (
@@ -323,7 +323,8 @@ def decide(
 
     workdir.mkdir(parents=True, exist_ok=True)  # a session that reused every run trained nothing there
     work = Path(tempfile.mkdtemp(prefix="decide-", dir=workdir))
-    slices = stats.load_slices(stats.slices_path(data), stats.dataset_names(data))
+    names = stats.dataset_names(data)
+    slices = stats.load_slices(stats.slices_path(data), names)
     imgsz = int(candidate.params.get("imgsz", 320))
     weights = None
     records = None  # the candidate's per-image test evaluation, when this session made one
@@ -339,7 +340,7 @@ def decide(
         evaluations["candidate-test"] = str(save_records(records, work / "candidate-test.npz"))
         client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
         client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
-        for key, value in bootstrap.figures(records, slices).items():
+        for key, value in bootstrap.figures(records, slices, names=names).items():
             client.log_metric(candidate.run_id, key, value)
             test[key.removeprefix("test/")] = value
     metrics = {
@@ -405,7 +406,7 @@ def decide(
             "val/mAP50-95": champ_val["mAP50-95"],
             "test/mAP50-95": champ_test["mAP50-95"],
             "candidate val/mAP50-95 (same evaluation)": val["mAP50-95"],
-            **bootstrap.figures(champ_records, slices),
+            **bootstrap.figures(champ_records, slices, names=names),
         }
         on_val = f"candidate {val['mAP50-95']:.4f} vs production v{champion.version} {champ_val['mAP50-95']:.4f} on val"
         if criteria.gate_stat == "point":
@@ -419,7 +420,7 @@ def decide(
                     weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test", device=device
                 )
                 evaluations["candidate-test"] = str(save_records(records, work / "candidate-test.npz"))
-            rows = bootstrap.compare(records, champ_records, slices)
+            rows = bootstrap.compare(records, champ_records, slices, names=names)
             base["deltas"] = tuple(dataclasses.asdict(r) for r in rows)
             checks += ci_criteria(rows, criteria, on_val)
 
