@@ -127,6 +127,15 @@ def test_thresholds_out_of_range(tmp_path):
         "python -m pytest: error: argument --min-improvement: invalid margin value: 'nan'"
     ]
     assert refused(tmp_path, "-o", "min_map=1.5") == ["ERROR: pytest.ini min_map = '1.5': 1.5 is not in [0, 1]"]
+    assert refused(tmp_path, "--max-drop", "-0.1") == [
+        "python -m pytest: error: argument --max-drop: invalid fraction value: '-0.1'"
+    ]
+    assert refused(tmp_path, "--gate-stat", "mean") == [
+        "python -m pytest: error: argument --gate-stat: invalid gate_stat value: 'mean'"
+    ]
+    assert refused(tmp_path, "-o", "gate_stat=median") == [
+        "ERROR: pytest.ini gate_stat = 'median': 'median' is not one of ci, point"
+    ]
 
 
 def test_a_stack_that_cannot_start_has_its_own_exit_status(tmp_path):
