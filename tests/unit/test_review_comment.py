@@ -116,3 +116,9 @@ def test_the_workflow_runs_this_script_in_the_only_job_that_may_write_to_pull_re
     assert step["env"] == {"GH_TOKEN": "${{ github.token }}"}
     uses = [s["uses"] for job in flow["jobs"].values() for s in job["steps"] if "uses" in s]
     assert all(len(u.split("@")[1]) == 40 for u in uses), uses  # pinned by commit
+
+
+def test_the_script_looks_for_the_marker_review_md_writes():
+    from mlflow_cv_yolo.present.review import MARKER as WRITTEN
+
+    assert f'MARKER = "{WRITTEN}"' in SCRIPT.read_text() and WRITTEN == MARKER
