@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.decide import promotion
@@ -88,8 +89,9 @@ def conclude(settings: Settings, info: SessionInfo, ledger: Ledger, *, interrupt
             histories=tracking.histories(client, runs, CURVES),
             decision=decision.to_dict(),
             run_url=lambda run: tracking.run_url(info.tracking_uri, info.experiment_id, run.run_id),
+            session_url=tracking.run_url(info.tracking_uri, info.experiment_id, info.parent_run_id),
         )
-        _log_records(client, info, decision, (md, js), (files.html, files.markdown, *files.plots))
+        _log_records(client, info, decision, (md, js), (files.html, files.markdown, files.review, *files.plots))
         if decision.outcome == "promoted":
             promotion.move_alias(client, decision)
         ended = "KILLED" if interrupted else "FAILED" if decision.blocks_the_gate else "FINISHED"
@@ -152,3 +154,13 @@ def _log_records(client: MlflowClient, info: SessionInfo, decision, records, rep
             client.log_artifact(decision.candidate_run_id, str(path), candidate_folder)
     for path in report_files:
         client.log_artifact(info.parent_run_id, str(path), "report")
+    for path in decision.evaluations.values():  # what each test image contributed, for a later look
+        if path.endswith(".npz"):
+            client.log_artifact(info.parent_run_id, path, "evaluation")
+    champion = {
+        f"champion/{name}": value
+        for name, value in (decision.champion or {}).items()
+        if name.startswith("test/") and isinstance(value, (int, float))
+    }
+    if champion:
+        client.log_batch(info.parent_run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in champion.items()])

@@ -134,3 +134,15 @@ def check_pruning(pruning: Pruning, grid: list[RunConfig]) -> None:
             f"--prune {pruning.mode}: no rung before the last epoch (first rung {first}, epochs={epochs}): "
             "lower --prune-min-epochs or raise epochs"
         )
+
+
+def check_slices(yaml_path: Path) -> None:
+    """The slices file beside a dataset yaml (the gate's AP by slice), read now: a bad
+    one is one line before any stack starts."""
+    from mlflow_cv_yolo.decide import detection_stats as stats
+
+    yaml_path = Path(yaml_path)
+    try:
+        stats.load_slices(stats.slices_path(yaml_path), stats.dataset_names(yaml_path))
+    except DatasetError as exc:
+        raise InputError(str(exc)) from None

@@ -206,6 +206,7 @@ class Startup:
                     "or pass --allow-dirty-data to train on it anyway (runs are tagged dirty)"
                 )
         preflight.check_dataset(s.data)
+        preflight.check_slices(s.data)
         preflight.check_model(self.grid[0].model)
         return data_state
 
