@@ -170,7 +170,7 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
     for name, fn in list(vars(MlflowClient).items()):
         if callable(fn) and not name.startswith("_"):
             setattr(MlflowClient, name, timed(fn, name))
-    reuse.start = timed(reuse.start, "reuse.start")  # the key, the lookup, the run's opening
+    reuse.choose_run = timed(reuse.choose_run, "reuse.choose_run")  # the key, the lookup, the run's opening
     tracking.RunRecorder.finish = timed(tracking.RunRecorder.finish, "finish")  # the results, waiting for the files
     training_run.check_run = timed(training_run.check_run, "check_run")
 
@@ -193,7 +193,7 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
         )
         spent.update(tracking=0.0, calls=0, by_call={})
         start = time.perf_counter()
-        opened = reuse.start(client, config, info)
+        opened = reuse.choose_run(client, config, info)
         placement = devices.place(0, 1, (devices.CPU,), devices.cpu_count())
         training_run.train_into_run(training_run.TrainRequest(opened.run_id, config, info, placement))
         assert training_run.check_run(client, opened.run_id, epochs) == []
@@ -215,7 +215,7 @@ def _timed_runs(info: dict, epochs: int, imgsz: int, repeat: int) -> dict:
     walls: dict[str, list[float]] = {"tracked": [], "untracked": []}
     for i in range(repeat):
         start = time.perf_counter()
-        opened = reuse.start(client, config, info, rerun=True)
+        opened = reuse.choose_run(client, config, info, rerun=True)
         training_run.train_into_run(training_run.TrainRequest(opened.run_id, config, info, placement))
         assert training_run.check_run(client, opened.run_id, epochs) == []
         walls["tracked"].append(round(time.perf_counter() - start, 2))

@@ -521,6 +521,15 @@ def register(
     return promoted
 
 
+def promote(client: MlflowClient, decision: Decision, **register_args) -> Decision:
+    """`register`, then `move_alias` (a kept candidate moves nothing). A session writes
+    its records between the two; this is both steps at once."""
+    registered = register(client, decision, **register_args)
+    if registered.outcome == "promoted":
+        move_alias(client, registered)
+    return registered
+
+
 def move_alias(client: MlflowClient, decision: Decision) -> None:
     """Point the alias at the registered version, read it back, and take the `stage`
     tag off the version that lost it. Last of a promotion's steps: a failure before

@@ -2,7 +2,7 @@
 worker or controller killed. Its key must match (same arguments, weights, data,
 code, libraries and device kind) and its `last.pt` must still be somewhere: in the
 folder it trained in (tag `suite.train_dir`), or among its artifacts. ultralytics
-then continues from the epoch after the checkpoint's, into the same MLflow run.
+then continues from the epoch after its last.pt's, into the same MLflow run.
 
 Which runs count as interrupted: KILLED ones, FAILED ones that a crash of their
 worker or session ended (tag `suite.end_reason`, no Python traceback of their own),
@@ -36,8 +36,8 @@ TAG_RESUMED_AT = "suite.resumed_at_epoch"  # the first epoch the last resume tra
 class Interrupted:
     run_id: str
     session: str
-    checkpoint: Path
-    epoch: int  # epochs the checkpoint holds (1-based count)
+    last_pt: Path
+    epoch: int  # epochs its last.pt holds (1-based count)
     pruned: str | None = None  # where --prune stopped it (its suite.pruned tag), if that is why it ended
 
 
@@ -48,7 +48,7 @@ def _interrupted(run) -> bool:
     return status == "FAILED" and bool(reason) and not reason.startswith("its test failed")
 
 
-def _checkpoint_epochs(path: Path) -> int | None:
+def _last_pt_epochs(path: Path) -> int | None:
     """How many epochs `last.pt` holds; None when it is a finished training's
     (ultralytics strips the optimizer and the epoch then) or unreadable."""
     import torch
@@ -61,7 +61,7 @@ def _checkpoint_epochs(path: Path) -> int | None:
     return epoch + 1 if epoch >= 0 and ckpt.get("optimizer") is not None else None
 
 
-def _checkpoint(client: MlflowClient, run, workdir: Path) -> Path | None:
+def _last_pt(client: MlflowClient, run, workdir: Path) -> Path | None:
     folder = run.data.tags.get(TAG_TRAIN_DIR)
     if folder and (Path(folder) / "weights" / "last.pt").is_file():
         return Path(folder) / "weights" / "last.pt"
@@ -75,12 +75,12 @@ def _checkpoint(client: MlflowClient, run, workdir: Path) -> Path | None:
 
 def find(client: MlflowClient, runs: list, *, epochs: int, workdir: Path) -> Interrupted | None:
     """The newest interrupted run of `runs` (those with the key, newest first) whose
-    checkpoint can continue to `epochs`."""
+    last.pt can continue to `epochs`."""
     for run in runs:
         if not _interrupted(run):
             continue
-        last = _checkpoint(client, run, workdir)
-        done = _checkpoint_epochs(last) if last is not None else None
+        last = _last_pt(client, run, workdir)
+        done = _last_pt_epochs(last) if last is not None else None
         if done is not None and 0 < done < epochs:
             session = run.data.tags.get(tracking.TAG_SESSION, "")
             return Interrupted(run.info.run_id, session, last, done, run.data.tags.get(pruner.TAG_PRUNED))

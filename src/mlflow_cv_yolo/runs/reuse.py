@@ -28,12 +28,12 @@ PRUNED_RUN = "pruned"  # plan: a pruned run that a session without --prune conti
 
 
 @dataclass(frozen=True)
-class Start:
+class ChosenRun:
     run_id: str
     action: str  # REUSED, RESUMED or NEW
     key: str
     from_session: str | None = None  # the session that trained it (reused) or was interrupted (resumed)
-    checkpoint: Path | None = None  # resumed: the last.pt training continues from
+    last_pt: Path | None = None  # resumed: the last.pt training continues from
     was_pruned: str | None = None  # resumed: where --prune had stopped it
 
 
@@ -65,13 +65,13 @@ def find_finished(client: MlflowClient, runs: list, *, epochs: int, prune: bool 
     return None
 
 
-def _lookup(client: MlflowClient, config: RunConfig, info: SessionInfo, device: str | None) -> Start | str | None:
-    """A reusable run's Start; else PRUNED_RUN where a pruned run waits to be continued."""
+def _lookup(client: MlflowClient, config: RunConfig, info: SessionInfo, device: str | None) -> ChosenRun | str | None:
+    """A reusable run's ChosenRun; else PRUNED_RUN where a pruned run waits to be continued."""
     key = key_of(config, info, device)
     runs = runs_with_key(client, info.experiment_id, key)
     run = find_finished(client, runs, epochs=config.epochs)
     if run is not None:
-        return Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
+        return ChosenRun(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
     return PRUNED_RUN if any(r.info.status == "FINISHED" and pruner.pruned(r) for r in runs) else None
 
 
@@ -89,11 +89,13 @@ def plan(
     has just started, and its first requests are slow, concurrent ones slower still —
     the default grid's lookups took 7.3 s 8 at a time and 2.1 s one at a time."""
     found = {config.id: _lookup(client, config, info, device) for config in grid}
-    reusable = {config_id: [s.run_id, s.key, s.from_session] for config_id, s in found.items() if isinstance(s, Start)}
+    reusable = {
+        config_id: [s.run_id, s.key, s.from_session] for config_id, s in found.items() if isinstance(s, ChosenRun)
+    }
     return reusable, tuple(config_id for config_id, s in found.items() if s == PRUNED_RUN)
 
 
-def start(
+def choose_run(
     client: MlflowClient,
     config: RunConfig,
     info: SessionInfo,
@@ -102,19 +104,19 @@ def start(
     resume_runs: bool = True,
     device: str | None = "cpu",
     prune: bool = False,
-) -> Start:
+) -> ChosenRun:
     key = key_of(config, info, device)
     planned = info.reusable.get(config.id)
     if not rerun and planned and planned[1] == key:
-        return Start(planned[0], REUSED, key, planned[2])
+        return ChosenRun(planned[0], REUSED, key, planned[2])
     runs = runs_with_key(client, info.experiment_id, key) if not rerun or resume_runs else []
     if not rerun:
         run = find_finished(client, runs, epochs=config.epochs, prune=prune)
         if run is not None:
-            return Start(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
+            return ChosenRun(run.info.run_id, REUSED, key, run.data.tags.get(tracking.TAG_SESSION))
     if resume_runs:
         found = resume.find(client, runs, epochs=config.epochs, workdir=Path(info.workdir))
         if found is not None:
             resume.reopen(client, found, info)
-            return Start(found.run_id, RESUMED, key, found.session, found.checkpoint, found.pruned)
-    return Start(training_run.open_run(client, config, info, key=key), NEW, key)
+            return ChosenRun(found.run_id, RESUMED, key, found.session, found.last_pt, found.pruned)
+    return ChosenRun(training_run.open_run(client, config, info, key=key), NEW, key)
