@@ -3,6 +3,9 @@ fed any machine), training slots (real locks, real threads) and AMP's check offl
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -140,6 +143,31 @@ def test_on_the_cpu_a_session_starts_one_worker_a_core_at_most():
 def test_placement_refuses_a_worker_outside_the_count():
     with pytest.raises(ValueError):
         place(2, 2, ("cpu",), 2)
+
+
+def test_a_replacement_worker_takes_the_dead_workers_place(tmp_path):
+    """xdist replaces a killed gw1 of 2 with gw2 of 2: it gets place 1 (the dead
+    worker's device and cores), not 2 (out of range) nor 0 (gw0's, still alive)."""
+    folder = tmp_path / "workers"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from mlflow_cv_yolo.train import devices\n"
+        "with devices.worker_slot(Path(sys.argv[1]), 2, 1) as i:\n"
+        "    print(i, flush=True); time.sleep(60)\n"
+    )
+    with devices.worker_slot(folder, 2, devices.worker_id("gw0")) as first:
+        gw1 = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert gw1.stdout.readline() == "1\n"
+            with devices.worker_slot(folder, 2, 2) as while_alive:  # both held: shares by ordinal
+                assert while_alive == 0
+        finally:
+            gw1.send_signal(signal.SIGKILL)
+            gw1.wait(10)
+        with devices.worker_slot(folder, 2, devices.worker_id("gw2")) as replacement:
+            assert (first, replacement) == (0, 1)
+            assert place(replacement, 2, ("cuda:0 A", "cuda:1 B"), 16).label == "cuda:1 B"
 
 
 def test_the_header_line_says_what_was_found_and_how_runs_are_placed():
