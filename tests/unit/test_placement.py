@@ -178,6 +178,10 @@ def test_the_header_line_says_what_was_found_and_how_runs_are_placed():
         "devices: cpu (auto: no CUDA, no mps) — 2 workers of -n 4 (one a core: the others would wait for a core), "
         "1 thread each, 2 training slots on 2 cores"
     )
+    assert describe("auto", LINUX_CPU, ("cpu",), 1, 2, workers_asked=2) == (
+        "devices: cpu (auto: no CUDA, no mps) — 1 worker of -n 2 (one a selected test at most), "
+        "2 threads each, 1 training slot on 2 cores"
+    )
     assert describe("cpu", gpus(1), ("cpu",), 1, 2) == (
         "devices: cpu (--device cpu; found 1 CUDA GPU, no mps) — 1 worker, 2 threads each, 1 training slot on 2 cores"
     )

@@ -173,7 +173,9 @@ def describe(
         each += f" and {first.dataloader_workers} dataloader worker{'s' if first.dataloader_workers != 1 else ''}"
     runs = f"{workers} worker{'s' if workers != 1 else ''}"
     if workers_asked and workers_asked != workers:
-        runs += f" of -n {workers_asked} (one a core: the others would wait for a core)"
+        one_a_core = first.kind == CPU and workers == min(workers_asked, cpus)
+        fewer = "one a core: the others would wait for a core" if one_a_core else "one a selected test at most"
+        runs += f" of -n {workers_asked} ({fewer})"
     runs += f", {each} each"
     if first.kind == CPU:
         slots = min(first.slots, workers)
