@@ -50,8 +50,9 @@ def stop_reason(trainer) -> str | None:
         return None
     stopper = trainer.stopper
     if stopper.patience and last - stopper.best_epoch >= stopper.patience:
+        idle = last - stopper.best_epoch
         return (
-            f"no improvement for {last - stopper.best_epoch} epochs (patience {stopper.patience}); "
+            f"no improvement for {idle} epoch{'s' if idle != 1 else ''} (patience {stopper.patience}); "
             f"best epoch {stopper.best_epoch}"
         )
     if trainer.args.time:
