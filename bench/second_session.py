@@ -6,7 +6,7 @@ Runs the grid twice on one stack folder (a fresh one in /tmp): the first session
 trains every run, the second finds them all FINISHED with the same keys. For each it
 records the wall time from `pytest` start to exit, the stack's start (pytest start to
 the header's `ready in` line) and the summary's `N reused, M trained` line. The aim:
-second wall <= second stack start + 10 s. Results are appended to bench/out/reuse.jsonl.
+second wall <= second stack start + 10 s. Results are appended to bench/out/second_session.jsonl.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     }
     print(json.dumps(result), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "reuse.jsonl", "a") as f:
+    with open(OUT / "second_session.jsonl", "a") as f:
         f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""Benchmarks of the tracking stack and the grid runner (figures go to the README as ratios).
+"""Benchmarks of the tracking stack and the grid runner (figures go to bench/README.md as ratios).
 
     python bench/stack_and_grid.py startup [--providers embedded local docker]
     python bench/stack_and_grid.py overhead [--epochs 3 --imgsz 320 --repeat 3]

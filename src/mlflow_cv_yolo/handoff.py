@@ -9,13 +9,9 @@ from dataclasses import dataclass, field
 
 from mlflow_cv_yolo.stack.base import CLIENT_RETRY_ENV
 
-# MLflow client settings, the same in every process of a session (MLflow reads them
-# from the environment at each call):
-# - downloads go through the server: presigned S3 URLs may name an endpoint only the
-#   server reaches (compose: http://s3:9000);
-# - no "🏃 View run" lines and progress bars in the middle of pytest's output;
-# - retries bridge a stack service restarted by the health monitor (seconds), without
-#   hanging for many minutes when the stack is gone for good.
+# MLflow's client settings in every process of a session: downloads through the server (a
+# presigned URL may name an endpoint only it reaches), no URL lines or progress bars in
+# pytest's output, and retries that bridge a restarted service.
 CLIENT_ENV = {
     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
@@ -43,11 +39,11 @@ class SessionInfo:
     dataset_dirty: bool = False
     dataset_source: str | None = None  # where `dvc pull` fetches it (the DVC remote URL)
     dataset_lock_commit: str | None = None
-    dataset: dict | None = None  # the DVC dataset every run logs as its input (experiment.dataset_fields)
+    dataset: dict | None = None  # the DVC dataset every run logs as its input (runs/training_run.py dataset_fields)
     # The selected devices' labels (devices.select); worker k trains on devices[k % len].
     devices: tuple[str, ...] = ("cpu",)
     amp_check: str | None = None  # training.amp_check's verdict, once per session; None: not checked
-    data_digest: str | None = None  # the data's part of every run's key (see run_key), computed once
+    data_digest: str | None = None  # the data's part of every run's key (see runs/key.py), computed once
     client_env: dict[str, str] = field(default_factory=lambda: dict(CLIENT_ENV))
     # Where runs train (executors.make_executor): {"kind": "local"}, or Ray's address,
     # resources per run and where nodes find the data.

@@ -16,7 +16,7 @@ MICRO = ("--set", "epochs=1", "--set", "imgsz=64", "--set", "lr0=0.01", "--set",
 
 
 # Sessions on a shared stack would otherwise reuse (or continue) the runs of earlier
-# tests: a test trains what it asks for unless it is about reuse (tests/test_reuse.py).
+# tests: a test trains what it asks for unless it is about reuse (tests/e2e/test_reuse.py).
 FRESH = ("--rerun", "--no-resume")
 
 

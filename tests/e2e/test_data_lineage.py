@@ -1,6 +1,6 @@
 """From a registered model version back to the exact data, on a real local stack:
 the main job on the default dataset (built by `dvc repro` if absent), then the
-README's walk — model version -> run -> dataset digest -> `dvc pull` at that commit."""
+walk of docs/ui-and-lineage.md — model version -> run -> dataset digest -> `dvc pull` at that commit."""
 
 from __future__ import annotations
 

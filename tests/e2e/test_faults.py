@@ -181,7 +181,25 @@ def test_a_stack_that_cannot_be_restarted_ends_the_session_within_a_minute(tmp_p
     text = output.wait_closed(30)
     assert proc.returncode == 6, text[-4000:]
     assert took < 60, f"the session took {took:.0f} s to end"
-    assert "not promoted: the tracking stack could not be kept up (exit status 6)" in text.splitlines()
+    lines = text.splitlines()
+    assert "not promoted: the tracking stack could not be kept up (exit status 6)" in lines
+    assert processes_of(tmp_path) == ""
+    # Nobody could reach its runs then: the next session on the folder ends them, naming why.
+    session = session_of(text)
+    second = run_suite("--stack", "local", "--data", str(data_yaml), *MICRO, "--no-promote", tmp_path=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert re.search(
+        rf"^\[session\] session {session} could not end its runs: marked its \d+ RUNNING runs KILLED$",
+        second.stderr,
+        re.M,
+    ), second.stderr[-3000:]
+    with LocalStack(tmp_path / "stack", log=lambda _: None) as info:
+        runs = session_runs(MlflowClient(info.tracking_uri), session)
+        assert "RUNNING" not in {r.info.status for r in runs.values()}
+        parent = next(r for r in runs.values() if r.data.tags["suite.kind"] == "session")
+        failure = lines[lines.index("not promoted: the tracking stack could not be kept up (exit status 6)") - 1]
+        reason = f"session {session} could not end its runs: {failure}; marked by session {session_of(second.stdout)}"
+        assert (parent.info.status, parent.data.tags["suite.end_reason"]) == ("KILLED", reason)
     assert processes_of(tmp_path) == ""
 
 

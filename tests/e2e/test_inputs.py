@@ -192,7 +192,7 @@ def test_the_project_tests_never_read_the_grid(tmp_path):
             sys.executable,
             "-m",
             "pytest",
-            "tests/test_grid.py",
+            "tests/unit/test_grid_file.py",
             "-q",
             "-p",
             "no:cacheprovider",

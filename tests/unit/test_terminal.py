@@ -1,29 +1,53 @@
-"""Lines of the session's end in the terminal that need no decision (pure logic)."""
+"""The session's header and reuse line, drawn from plain values."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from mlflow_cv_yolo.handoff import SessionInfo
+from mlflow_cv_yolo.present.terminal import header_lines, reuse_line
+from mlflow_cv_yolo.stack import StackInfo
 
-from mlflow_cv_yolo.decide.promotion import Completeness
-from mlflow_cv_yolo.present.terminal import reopen_line
+
+def info(**changes) -> SessionInfo:
+    values = dict(
+        session_id="s1", experiment="cv_yolo_tiny", experiment_id="1", tracking_uri="http://127.0.0.1:1",
+        stack_kind="local", data="data/tiny_coco.yaml", model_requested="yolov8n.pt", model_used="yolov8n.pt",
+        pretrained=True, model_note="", workdir="runs/s1", parent_run_id="p1",
+    )  # fmt: skip
+    return SessionInfo(**{**values, **changes})
 
 
-def test_an_interrupted_session_counts_killed_runs_apart_from_those_never_run():
-    done = Completeness(selected=4, grid=8, finished=1, failed=1, interrupted=True, killed=1)
-    assert (done.not_run, done.note) == (1, "1 of 4 runs finished; 1 failed; 1 killed; 1 not run; interrupted")
-    assert Completeness(selected=2, grid=2, finished=0, failed=0, interrupted=True, killed=2).note == (
-        "0 of 2 runs finished; 2 killed; interrupted"
+STACK = StackInfo("local", "http://127.0.0.1:1", "auto: a MariaDB server binary", {"mlflow": "http://127.0.0.1:1"})
+
+
+def test_the_header_names_stack_weights_data_and_devices():
+    lines = header_lines(
+        info(dataset_md5="abc.dir"),
+        STACK,
+        ready_in="3.0 s",
+        state=".stack/local",
+        ray=None,
+        devices_line="devices: cpu",
     )
+    assert lines == [
+        "stack: local (auto: a MariaDB server binary)",
+        "  mlflow: http://127.0.0.1:1",
+        "  ready in: 3.0 s",
+        "  state: .stack/local",
+        "session: s1, experiment 'cv_yolo_tiny'",
+        "weights: yolov8n.pt",
+        "data: data/tiny_coco.yaml (DVC abc.dir)",
+        "devices: cpu",
+    ]
 
 
-def test_the_links_say_how_to_reopen_a_server_that_stops_with_the_session():
-    assert reopen_line("local", Path("/w/.stack"), fresh=False) == (
-        "mlflow stops with this session: `python -m mlflow_cv_yolo ui --stack local --stack-dir /w/.stack` "
-        "(or `cv-yolo ui ...`) reopens these links",
-        {},
+def test_weights_that_are_not_pretrained_are_loud():
+    scratch = info(model_used="yolov8n.yaml", pretrained=False, model_note="TRAINING FROM SCRATCH")
+    lines = header_lines(scratch, STACK, ready_in="1 s", state="x", ray="ray: local", devices_line="devices: cpu")
+    assert lines[5:7] == ["!!!!!!!! weights: yolov8n.yaml — TRAINING FROM SCRATCH", "ray: local"]
+
+
+def test_the_reuse_line_counts_the_selected_tests():
+    assert reuse_line(1, 2, workers=2) == (
+        "reuse: 1 of 2 configurations have a finished run with the same key (--rerun trains them again)"
     )
-    assert reopen_line("embedded", Path("/w/s"), fresh=True) == (
-        "the links die with this session's throwaway stack (--fresh-stack keeps nothing)",
-        {},
-    )
-    assert reopen_line("external", Path("/w/.stack"), fresh=False) is None  # it outlives the session
+    assert reuse_line(2, 2, workers=0).endswith("; nothing to train: the tests run in this process, no worker started")

@@ -394,7 +394,7 @@ def candidate_model(client: MlflowClient, run_id: str, *, data: Path, imgsz: int
         return log_model(run_id, weights, example_image=example_image(data), imgsz=imgsz)
 
 
-def promote(
+def register(
     client: MlflowClient,
     decision: Decision,
     *,
@@ -404,13 +404,9 @@ def promote(
     data: Path,
     keep_if_held: bool = False,
 ) -> Decision:
-    """Log the candidate's model, register it and move `alias` to the new version.
-
-    The order keeps the registry consistent whatever step fails: the new version gets
-    its tags and description first and the alias moves last, so a failure leaves the
-    alias where it was (on a version that is complete); the version that loses the
-    alias then loses its `stage` tag. With `keep_if_held` (a reused candidate), a run
-    whose version already holds `alias` is kept as it is."""
+    """Log the candidate's model and register it as a new, complete version (tags and
+    description set) that `move_alias` then points `alias` at. With `keep_if_held` (a
+    reused candidate), a run whose version already holds `alias` is kept: outcome "kept"."""
     held = _holder(client, registered_model, alias) if keep_if_held else None
     if held is not None and held.run_id == decision.candidate_run_id:  # a reused run promoted before
         return dataclasses.replace(
@@ -433,21 +429,28 @@ def promote(
         registered_model,
         f"models:/{model_id}",
         run_id=decision.candidate_run_id,
-        tags={"stage": alias, **tags},
+        tags=tags,
         model_id=model_id,
     ).version
     promoted = dataclasses.replace(decision, registered_model=registered_model, version=version, alias=alias)
     client.update_model_version(registered_model, version, description=_description(promoted.markdown()))
+    return promoted
 
+
+def move_alias(client: MlflowClient, decision: Decision) -> None:
+    """Point the alias at the registered version, read it back, and take the `stage`
+    tag off the version that lost it. Last of a promotion's steps: a failure before
+    it leaves the alias on a complete version."""
+    registered_model, alias, version = decision.registered_model, decision.alias, decision.version
     previous = _holder(client, registered_model, alias)
     client.set_registered_model_alias(registered_model, alias, version)
     held = client.get_model_version_by_alias(registered_model, alias)
     if held.version != version:
         raise RuntimeError(f"alias {alias} of {registered_model} points at v{held.version}, not v{version}")
+    client.set_model_version_tag(registered_model, version, "stage", alias)
     if previous is not None and previous.version != version and previous.tags.get("stage") == alias:
         others = [a for a in client.get_model_version(registered_model, previous.version).aliases if a != alias]
         if others:
             client.set_model_version_tag(registered_model, previous.version, "stage", others[0])
         else:
             client.delete_model_version_tag(registered_model, previous.version, "stage")
-    return promoted

@@ -1,6 +1,6 @@
-"""The end of a session in the terminal: the runs table, the criteria, the decision
-and where the records are. Lines with pytest's markup ({"red": True, ...}); the
-plugin writes them."""
+"""A session in the terminal: its header (stack, weights, data, devices, reuse) and
+its end (the runs table, the criteria, the decision and where the records are).
+Lines with pytest's markup ({"red": True, ...}); the plugin writes them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from mlflow_cv_yolo.decide.conclusion import STACK_FAILED, Conclusion
 from mlflow_cv_yolo.decide.promotion import failure_line
+from mlflow_cv_yolo.handoff import SessionInfo
+from mlflow_cv_yolo.stack import StackInfo
 
 Line = tuple[str, dict]
 RED, GREEN = {"red": True, "bold": True}, {"green": True, "bold": True}
@@ -96,3 +98,34 @@ def reopen_line(kind: str, stack_dir: Path | None, fresh: bool) -> Line | None:
         return "the links die with this session's throwaway stack (--fresh-stack keeps nothing)", {}
     command = f"python -m mlflow_cv_yolo ui --stack {kind} --stack-dir {stack_dir}"
     return f"mlflow stops with this session: `{command}` (or `cv-yolo ui ...`) reopens these links", {}
+
+
+def header_lines(
+    info: SessionInfo, stack: StackInfo, *, ready_in: str, state: str, ray: str | None, devices_line: str
+) -> list[str]:
+    """The session's lines in pytest's header: the stack and its endpoints, the weights
+    (loud when not pretrained), the data and the devices."""
+    lines = [f"stack: {stack.kind} ({stack.reason})"]
+    lines += [f"  {name}: {value}" for name, value in stack.endpoints.items()]
+    lines += [f"  ready in: {ready_in}", f"  state: {state}"]
+    lines += [f"session: {info.session_id}, experiment {info.experiment!r}"]
+    weights_line = f"weights: {info.model_used}" + ("" if info.pretrained else f" — {info.model_note}")
+    lines += [weights_line if info.pretrained else "!" * 8 + " " + weights_line]
+    if ray is not None:
+        lines.append(ray)
+    data = f"data: {info.data}"
+    if info.dataset_md5:
+        data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
+    lines += [data, devices_line]
+    if info.amp_check:
+        lines += [f"  AMP check: {info.amp_check}"]
+    return lines
+
+
+def reuse_line(reusable: int, selected: int, *, workers: int) -> str:
+    """Once the tests are selected (after -k): how many of them a finished run answers."""
+    nothing = "; nothing to train: the tests run in this process, no worker started" if workers == 0 else ""
+    return (
+        f"reuse: {reusable} of {selected} configurations have a finished run with the same key "
+        f"(--rerun trains them again){nothing}"
+    )

@@ -4,6 +4,7 @@ the only process); `RayExecutor` submits it as a Ray task and waits for it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -12,11 +13,11 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.runs import tracking
-from mlflow_cv_yolo.train import devices, interrupts
 from mlflow_cv_yolo.data.node_cache import DataSource, locate
-from mlflow_cv_yolo.train.devices import Placement
+from mlflow_cv_yolo.runs import tracking
 from mlflow_cv_yolo.runs.training_run import TrainRequest, train_into_run
+from mlflow_cv_yolo.train import devices, interrupts
+from mlflow_cv_yolo.train.devices import Placement
 
 TAG_RAY_NODE = "ray.node"
 TAG_RAY_PID = "ray.worker_pid"  # the worker process training the run now (a retry changes it)
@@ -38,8 +39,9 @@ def make_executor(settings: dict, data: DataSource | None = None):
     """The executor a worker builds from what the controller handed it (SessionInfo.executor)."""
     if settings.get("kind", "local") == "local":
         return LocalExecutor()
-    return RayExecutor(settings["address"], cpus_per_run=settings["cpus_per_run"],
-                       gpus_per_run=settings["gpus_per_run"], data=data)
+    return RayExecutor(
+        settings["address"], cpus_per_run=settings["cpus_per_run"], gpus_per_run=settings["gpus_per_run"], data=data
+    )
 
 
 def _train_task(request: TrainRequest, data: DataSource) -> None:
@@ -100,17 +102,20 @@ class RayExecutor:
         threads = max(1, math.ceil(self.cpus_per_run))  # the task sets its device itself (_train_task)
         request = dataclasses.replace(request, placement=Placement("cpu", "cpu", threads, 0))
         data = self.data or DataSource(request.info.data, Path(request.info.data).read_text())
-        ref = task.options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
-                           retry_exceptions=False, name=f"train {request.config.id}").remote(request, data)
+        ref = task.options(
+            num_cpus=self.cpus_per_run,
+            num_gpus=self.gpus_per_run,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
+            name=f"train {request.config.id}",
+        ).remote(request, data)
         try:
             while not ray.wait([ref], timeout=1.0)[0]:
                 interrupts.check()  # a Ctrl-C that a callback swallowed
             ray.get(ref)
         except KeyboardInterrupt:
-            try:
+            with contextlib.suppress(Exception):  # the cluster went first (a session-started instance stopping)
                 ray.cancel(ref, force=True)
-            except Exception:  # the cluster went first (a session-started instance stopping)
-                pass
             _end(request, "KILLED", "interrupted (Ctrl-C or SIGTERM): its Ray task was cancelled")
             raise
         except RayTaskError:

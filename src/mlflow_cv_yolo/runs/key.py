@@ -91,7 +91,7 @@ def _split_folders(data_yaml: Path) -> list[Path]:
             if "images" in images.parts:  # ultralytics reads labels from the sibling labels/ folder
                 parts = list(images.parts)
                 at = len(parts) - 1 - parts[::-1].index("images")
-                folders.append(Path(*parts[:at], "labels", *parts[at + 1:]))
+                folders.append(Path(*parts[:at], "labels", *parts[at + 1 :]))
     return folders
 
 
@@ -141,8 +141,14 @@ def library_versions() -> dict[str, str]:
 def components(values: dict[str, Any], *, model_used: str, data: str, device: str | None) -> dict[str, Any]:
     """What the key hashes, by name (kept readable for a person comparing two keys);
     `data` is `data_digest()`'s."""
-    return {"args": {k: str(v) for k, v in sorted(values.items())}, "weights": weights_digest(model_used),
-            "data": data, "code": code_version(), "libraries": library_versions(), "device": device_kind(device)}
+    return {
+        "args": {k: str(v) for k, v in sorted(values.items())},
+        "weights": weights_digest(model_used),
+        "data": data,
+        "code": code_version(),
+        "libraries": library_versions(),
+        "device": device_kind(device),
+    }
 
 
 def run_key(values: dict[str, Any], *, model_used: str, data: str, device: str | None) -> str:

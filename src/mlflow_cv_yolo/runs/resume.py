@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from mlflow_cv_yolo.runs import tracking
 from mlflow_cv_yolo.handoff import SessionInfo
+from mlflow_cv_yolo.runs import tracking
 
 TAG_RESUMED = "resumed"
 TAG_TRAIN_DIR = "suite.train_dir"  # ultralytics' folder of the run: where its last.pt is
@@ -92,7 +92,11 @@ def reopen(client: MlflowClient, found: Interrupted, info: SessionInfo) -> None:
     client.update_run(found.run_id, status="RUNNING")
     if tracking.TAG_END in run.data.tags:
         client.delete_tag(found.run_id, tracking.TAG_END)
-    tags = {TAG_RESUMED: "true", TAG_RESUMED_FROM: ",".join([*earlier, found.session]),
-            tracking.TAG_SESSION: info.session_id, MLFLOW_PARENT_RUN_ID: info.parent_run_id,
-            "suite.stack": info.stack_kind}
+    tags = {
+        TAG_RESUMED: "true",
+        TAG_RESUMED_FROM: ",".join([*earlier, found.session]),
+        tracking.TAG_SESSION: info.session_id,
+        MLFLOW_PARENT_RUN_ID: info.parent_run_id,
+        "suite.stack": info.stack_kind,
+    }
     client.log_batch(found.run_id, tags=[RunTag(k, v) for k, v in tags.items()])

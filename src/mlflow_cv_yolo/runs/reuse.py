@@ -11,12 +11,12 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from mlflow_cv_yolo.handoff import SessionInfo
 from mlflow_cv_yolo.runs import resume, tracking, training_run
-from mlflow_cv_yolo.train.grid import RunConfig
 from mlflow_cv_yolo.runs.key import TAG as TAG_KEY
 from mlflow_cv_yolo.runs.key import data_digest as run_key_data
 from mlflow_cv_yolo.runs.key import run_key
-from mlflow_cv_yolo.handoff import SessionInfo
+from mlflow_cv_yolo.train.grid import RunConfig
 
 REUSED = "reused"
 RESUMED = "resumed"
@@ -26,10 +26,10 @@ NEW = "new"
 @dataclass(frozen=True)
 class Start:
     run_id: str
-    action: str                       # REUSED, RESUMED or NEW
+    action: str  # REUSED, RESUMED or NEW
     key: str
-    from_session: str | None = None   # the session that trained it (reused) or was interrupted (resumed)
-    checkpoint: Path | None = None    # resumed: the last.pt training continues from
+    from_session: str | None = None  # the session that trained it (reused) or was interrupted (resumed)
+    checkpoint: Path | None = None  # resumed: the last.pt training continues from
 
 
 def data_digest(info: SessionInfo) -> str:
@@ -77,8 +77,15 @@ def plan(client: MlflowClient, grid: list[RunConfig], info: SessionInfo, *, devi
     return {config_id: [s.run_id, s.key, s.from_session] for config_id, s in found.items() if s is not None}
 
 
-def start(client: MlflowClient, config: RunConfig, info: SessionInfo, *, rerun: bool = False,
-          resume_runs: bool = True, device: str | None = "cpu") -> Start:
+def start(
+    client: MlflowClient,
+    config: RunConfig,
+    info: SessionInfo,
+    *,
+    rerun: bool = False,
+    resume_runs: bool = True,
+    device: str | None = "cpu",
+) -> Start:
     key = key_of(config, info, device)
     planned = info.reusable.get(config.id)
     if not rerun and planned and planned[1] == key:

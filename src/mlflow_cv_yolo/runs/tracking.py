@@ -48,8 +48,11 @@ TAG_END = "suite.end_reason"  # why a run ended other than FINISHED by its own c
 # Model training switch instead: see _TRAINING_MODE.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows and edits
-DESCRIPTION = ("YOLOv8n experiment grid (mlflow-cv-yolo): one session run per pytest session, "
-               "one child run per grid configuration with per-epoch metrics and weights; the promoted run also has a pyfunc model.")
+DESCRIPTION = (
+    "YOLOv8n experiment grid (mlflow-cv-yolo): one session run per pytest session, "
+    "one child run per grid configuration with per-epoch metrics and weights; "
+    "the promoted run also has a pyfunc model."
+)
 
 
 def rename(metrics: dict[str, float]) -> dict[str, float]:
@@ -86,7 +89,7 @@ class RunRecorder:
         # second, and set_terminated waited up to that second for it to shut down.
         self._pool = ThreadPoolExecutor(self.UPLOADS, thread_name_prefix="run-recorder")
 
-    def __enter__(self) -> "RunRecorder":
+    def __enter__(self) -> RunRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,8 +97,12 @@ class RunRecorder:
 
     @property
     def callbacks(self) -> dict:
-        return {"on_train_epoch_end": self.on_train_epoch_end, "on_fit_epoch_end": self.on_fit_epoch_end,
-                "on_val_start": self.on_val_start, "on_val_end": self.on_val_end}
+        return {
+            "on_train_epoch_end": self.on_train_epoch_end,
+            "on_fit_epoch_end": self.on_fit_epoch_end,
+            "on_val_start": self.on_val_start,
+            "on_val_end": self.on_val_end,
+        }
 
     def on_train_epoch_end(self, trainer) -> None:
         self._epoch_done = True
@@ -113,11 +120,13 @@ class RunRecorder:
         if step in self._logged:
             return
         self._logged.add(step)
-        values = {**rename(trainer.metrics), **trainer.label_loss_items(trainer.tloss, prefix="train"),
-                  **trainer.lr}
+        values = {**rename(trainer.metrics), **trainer.label_loss_items(trainer.tloss, prefix="train"), **trainer.lr}
         now = int(time.time() * 1000)
-        self._epochs.append(self._pool.submit(self.client.log_batch, self.run_id,
-                                              metrics=[Metric(k, float(v), now, step) for k, v in values.items()]))
+        self._epochs.append(
+            self._pool.submit(
+                self.client.log_batch, self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()]
+            )
+        )
 
     def _final_validation(self) -> bool:
         # An epoch's validation comes between its train and fit ends; final_eval's after both.
@@ -129,23 +138,34 @@ class RunRecorder:
 
     def on_val_end(self, validator) -> None:
         if self._final_validation():  # its plots are written; results.png comes after
-            self._upload([(path, folder) for path, folder in self._files() if folder == "plots"
-                          and path.name != "results.png"], only_existing=True)
+            self._upload(
+                [(path, folder) for path, folder in self._files() if folder == "plots" and path.name != "results.png"],
+                only_existing=True,
+            )
 
     def _files(self, result: TrainResult | None = None) -> list[tuple[Path, str | None]]:
         """ultralytics' files a run keeps, with the artifact folder of each."""
-        save_dir, best, last = ((result.save_dir, result.best, result.last) if result else
-                                (self._trainer.save_dir, self._trainer.best, self._trainer.last))
-        return [(save_dir / "results.csv", None), (save_dir / "args.yaml", None),
-                *[(save_dir / name, "plots") for name in PLOTS], (best, "weights"), (last, "weights")]
+        save_dir, best, last = (
+            (result.save_dir, result.best, result.last)
+            if result
+            else (self._trainer.save_dir, self._trainer.best, self._trainer.last)
+        )
+        return [
+            (save_dir / "results.csv", None),
+            (save_dir / "args.yaml", None),
+            *[(save_dir / name, "plots") for name in PLOTS],
+            (best, "weights"),
+            (last, "weights"),
+        ]
 
     def _upload(self, files: list[tuple[Path, str | None]], *, only_existing: bool = False) -> None:
         for path, folder in files:
             if path not in self._uploads and (path.exists() or not only_existing):
                 self._uploads[path] = self._pool.submit(self.client.log_artifact, self.run_id, str(path), folder)
 
-    def finish(self, result: TrainResult, *, metrics: dict[str, float] | None = None,
-               tags: dict[str, str] | None = None) -> None:
+    def finish(
+        self, result: TrainResult, *, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None
+    ) -> None:
         """The best weights' metrics (and the caller's `metrics` and `tags`, in the same
         call), every file not uploaded yet; then waits for all of it."""
         best = rename(result.best_metrics)
@@ -217,7 +237,8 @@ def ensure_experiment(client: MlflowClient, name: str, description: str = DESCRI
     if experiment.lifecycle_stage == LifecycleStage.DELETED:
         raise MlflowException.invalid_parameter_value(
             f"experiment {name!r} (id {experiment.experiment_id}) is deleted: restore it with `mlflow experiments "
-            f"restore --experiment-id {experiment.experiment_id}` or choose another experiment name")
+            f"restore --experiment-id {experiment.experiment_id}` or choose another experiment name"
+        )
     for key, value in ((KIND_TAG, KIND), (NOTE_TAG, description)):
         if key not in experiment.tags:
             client.set_experiment_tag(experiment.experiment_id, key, value)
@@ -236,8 +257,9 @@ def _ui_base(tracking_uri: str) -> str:
 _TRAINING_MODE = {"workflowType": "machine_learning"}
 
 
-def runs_view_url(tracking_uri: str, experiment_id: str, *, search: str | None = None,
-                  order_by: str | None = None) -> str:
+def runs_view_url(
+    tracking_uri: str, experiment_id: str, *, search: str | None = None, order_by: str | None = None
+) -> str:
     """The experiment's runs table in MLflow's UI. `search` is a run filter such as
     "tags.`suite.session` = '...'"; `order_by` a column such as "metrics.`best/mAP50-95`",
     highest first (sorting also lists child runs flat instead of folded under their parent)."""
@@ -251,8 +273,7 @@ def runs_view_url(tracking_uri: str, experiment_id: str, *, search: str | None =
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """One run's page (overview, metrics, artifacts) in MLflow's UI."""
-    return (f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?"
-            f"{urlencode(_TRAINING_MODE)}")
+    return f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{urlencode(_TRAINING_MODE)}"
 
 
 def logged_models(client: MlflowClient, run_id: str) -> list:
@@ -262,9 +283,15 @@ def logged_models(client: MlflowClient, run_id: str) -> list:
 
 
 def _record(run) -> RunRecord:
-    return RunRecord(run_id=run.info.run_id, name=run.info.run_name, config_id=run.data.tags.get("suite.config", ""),
-                     status=run.info.status, start_time=run.info.start_time, params=dict(run.data.params),
-                     metrics=dict(run.data.metrics))
+    return RunRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name,
+        config_id=run.data.tags.get("suite.config", ""),
+        status=run.info.status,
+        start_time=run.info.start_time,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+    )
 
 
 def reused_runs(client: MlflowClient, reused: dict[str, str]) -> list[RunRecord]:
@@ -272,15 +299,19 @@ def reused_runs(client: MlflowClient, reused: dict[str, str]) -> list[RunRecord]
     it), as records of this session's ranking; their own tags are left as they are."""
     import dataclasses
 
-    return [dataclasses.replace(_record(client.get_run(run_id)), reused_from=session)
-            for run_id, session in reused.items()]
+    return [
+        dataclasses.replace(_record(client.get_run(run_id)), reused_from=session) for run_id, session in reused.items()
+    ]
 
 
 def session_runs(client: MlflowClient, experiment_id: str, session_id: str) -> list[RunRecord]:
     """The grid runs of one session, read back from the tracking server."""
     runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_SESSION}` = '{session_id}' and tags.`{TAG_KIND}` = 'grid'",
-        max_results=1000, order_by=["attributes.start_time ASC"])
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SESSION}` = '{session_id}' and tags.`{TAG_KIND}` = 'grid'",
+        max_results=1000,
+        order_by=["attributes.start_time ASC"],
+    )
     return [_record(r) for r in runs]
 
 
@@ -288,12 +319,24 @@ def histories(client: MlflowClient, runs: list[RunRecord], names: tuple[str, ...
     """run_id -> metric -> [(step, value)], for the report's curves (read a few at once)."""
     with ThreadPoolExecutor(8) as pool:
         read = {(r.run_id, n): pool.submit(client.get_metric_history, r.run_id, n) for r in runs for n in names}
-        return {r.run_id: {n: [(m.step, m.value) for m in read[r.run_id, n].result() if math.isfinite(m.value)]
-                           for n in names} for r in runs}
+        return {
+            r.run_id: {
+                n: [(m.step, m.value) for m in read[r.run_id, n].result() if math.isfinite(m.value)] for n in names
+            }
+            for r in runs
+        }
 
 
-def end_running(client: MlflowClient, experiment_id: str, session_id: str, *, status: str, reason: str,
-                test_id: str | None = None, kinds: tuple[str, ...] = ("grid", "session")) -> list[str]:
+def end_running(
+    client: MlflowClient,
+    experiment_id: str,
+    session_id: str,
+    *,
+    status: str,
+    reason: str,
+    test_id: str | None = None,
+    kinds: tuple[str, ...] = ("grid", "session"),
+) -> list[str]:
     """End a session's runs still RUNNING (of one test, if given) with `status` and a
     tag saying why: after a crash, an interruption or a killed controller nothing may
     stay RUNNING forever. Returns their run ids."""

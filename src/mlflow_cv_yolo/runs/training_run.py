@@ -16,34 +16,52 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
+from mlflow_cv_yolo.handoff import SessionInfo
 from mlflow_cv_yolo.runs import tracking
+from mlflow_cv_yolo.runs.key import TAG as TAG_KEY
+from mlflow_cv_yolo.runs.resume import TAG_RESUMED_AT, TAG_TRAIN_DIR
 from mlflow_cv_yolo.train import training
 from mlflow_cv_yolo.train.devices import Placement, slot
 from mlflow_cv_yolo.train.grid import RunConfig
-from mlflow_cv_yolo.runs.resume import TAG_RESUMED_AT, TAG_TRAIN_DIR
-from mlflow_cv_yolo.runs.key import TAG as TAG_KEY
-from mlflow_cv_yolo.handoff import SessionInfo
 
 # A run ultralytics ended before its last epoch (patience): the last epoch it trained, and why.
 TAG_LAST_EPOCH = "suite.last_epoch"
 TAG_STOPPED_EARLY = "suite.stopped_early"
 
-REQUIRED_ARTIFACTS = ("results.csv", "args.yaml", "plots/results.png", "plots/confusion_matrix.png",
-                      "plots/BoxPR_curve.png", "weights/best.pt", "weights/last.pt")
+REQUIRED_ARTIFACTS = (
+    "results.csv",
+    "args.yaml",
+    "plots/results.png",
+    "plots/confusion_matrix.png",
+    "plots/BoxPR_curve.png",
+    "weights/best.pt",
+    "weights/last.pt",
+)
 
 
 def run_params(config: RunConfig, info: SessionInfo) -> dict[str, str]:
     data = Path(info.data)
-    return {**{k: str(v) for k, v in config.values.items()},
-            "model": info.model_requested, "model_used": info.model_used, "data": str(data),
-            "data_yaml_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16],
-            **{f"version.{k}": v for k, v in tracking.versions().items()}}
+    return {
+        **{k: str(v) for k, v in config.values.items()},
+        "model": info.model_requested,
+        "model_used": info.model_used,
+        "data": str(data),
+        "data_yaml_sha256": hashlib.sha256(data.read_bytes()).hexdigest()[:16],
+        **{f"version.{k}": v for k, v in tracking.versions().items()},
+    }
 
 
 def run_tags(config: RunConfig, info: SessionInfo, key: str | None = None) -> dict[str, str]:
-    tags = {tracking.TAG_SESSION: info.session_id, tracking.TAG_KIND: "grid", tracking.TAG_TEST: config.id,
-            "suite.config": config.config_id, "suite.stack": info.stack_kind, MLFLOW_PARENT_RUN_ID: info.parent_run_id,
-            "pretrained": str(info.pretrained).lower(), "dataset.dirty": str(info.dataset_dirty).lower()}
+    tags = {
+        tracking.TAG_SESSION: info.session_id,
+        tracking.TAG_KIND: "grid",
+        tracking.TAG_TEST: config.id,
+        "suite.config": config.config_id,
+        "suite.stack": info.stack_kind,
+        MLFLOW_PARENT_RUN_ID: info.parent_run_id,
+        "pretrained": str(info.pretrained).lower(),
+        "dataset.dirty": str(info.dataset_dirty).lower(),
+    }
     if info.git_commit:
         tags["mlflow.source.git.commit"] = info.git_commit
     if key:  # what reuse and resume look runs up by (see run_key, resume)
@@ -116,11 +134,19 @@ def train_into_run(request: TrainRequest, *, data: Path | None = None) -> None:
             if params or tags:
                 client.log_batch(run_id, params=params, tags=tags)
             with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
-                result = training.train(request.config, data=data or Path(info.data), model=info.model_used,
-                                        project=Path(info.workdir), threads=place.threads, device=place.device,
-                                        dataloader_workers=place.dataloader_workers, amp=amp,
-                                        amp_checked=info.amp_check, callbacks=recorder.callbacks,
-                                        resume=Path(request.resume) if request.resume else None)
+                result = training.train(
+                    request.config,
+                    data=data or Path(info.data),
+                    model=info.model_used,
+                    project=Path(info.workdir),
+                    threads=place.threads,
+                    device=place.device,
+                    dataloader_workers=place.dataloader_workers,
+                    amp=amp,
+                    amp_checked=info.amp_check,
+                    callbacks=recorder.callbacks,
+                    resume=Path(request.resume) if request.resume else None,
+                )
             tags = {"amp": str(result.amp).lower()}
             if request.resume:  # the epoch ultralytics continued at, as its trainer says
                 tags[TAG_RESUMED_AT] = str(result.start_epoch + 1)

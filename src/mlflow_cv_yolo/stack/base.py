@@ -26,17 +26,8 @@ from .mysql import MySQLEndpoint
 from .process import ServiceError
 from .s3 import S3Endpoint
 
-# MLflow clients' retries (read from the environment at each call by
-# mlflow.utils.rest_utils), for the session to set for its clients. They must bridge
-# a service the health monitor restarts (measured here, two busy cores: MariaDB
-# 0.5 s, S3 1.3 s, MLflow's server 7-12 s) and give up in about a minute when the
-# stack is gone, not after MLflow's defaults (7 retries, factor 2: 4 min of backoff
-# on refused connections; 8 tries of a 120 s timeout: 16 min on a silent server).
-# urllib3 sleeps factor * 2**(n-1) after the n-th consecutive error (none after the
-# first): 0+2+4+8+16+32 = 62 s over 6 retries, plus up to 1 s jitter each; measured
-# 65 s against a dead port or a server whose database is gone, 109 s for an upload
-# whose S3 is gone (the server retries S3 itself first). The timeout is per socket
-# read: a healthy local server answers well within it.
+# Retries that bridge a service the health monitor restarts and give up in about a minute
+# when the stack is gone (MLflow's defaults wait 4-16 min); see docs/faults.md.
 CLIENT_RETRY_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

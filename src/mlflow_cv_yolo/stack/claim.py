@@ -40,6 +40,15 @@ class Claim:
     owner: dict
     previous: dict | None  # the record of a holder that died without releasing the folder
 
+    def leave(self, unfinished: str) -> None:
+        """Keep the folder's claim with why its holder could not end its runs: the next
+        session to claim the folder (its holder gone) ends them."""
+        try:
+            if json.loads(self.path.read_text()).get("pid") == self.owner["pid"]:
+                self.path.write_text(json.dumps({**self.owner, "unfinished": unfinished}))
+        except (FileNotFoundError, ValueError):
+            pass
+
     def release(self) -> None:
         """Unclaim the folder; a dead session's record this holder carried is put back
         for the next session to find."""

@@ -103,9 +103,8 @@ class MySQLServer:
                 "mysql: mariadb-install-db not found next to the server binary (install the mariadb-server package)"
             )
         self.datadir.mkdir(parents=True, exist_ok=True)
-        # An explicit env: inheriting makes the vfork()ed child exec with the C `environ`,
-        # which the thread importing ultralytics meanwhile reallocates (it sets variables
-        # at import), and exec then fails with EFAULT ("Bad address", seen in a test run).
+        # An explicit env: a vfork()ed child exec'ing the C environ that another thread
+        # reallocates (ultralytics' import sets variables) fails with EFAULT.
         result = subprocess.run(
             [
                 installer,

@@ -105,10 +105,7 @@ def _amp_verdict(passed: bool):
 
 
 def _drop_integrations(trainer) -> None:
-    # ultralytics adds a callback per logger it finds installed (MLflow, Ray Tune, DVC,
-    # W&B, ...): its MLflow one would open a second run beside ours (it is off under
-    # pytest only by a name check on the test), the others log elsewhere or warn
-    # (Ray Tune's, outside a Tune trial). We own the run; only ultralytics' base stays.
+    # ultralytics adds a callback per installed logger; its MLflow one would open a second run beside ours.
     for event, fns in trainer.callbacks.items():
         trainer.callbacks[event] = [
             f
@@ -156,9 +153,7 @@ def train(
         yolo.add_callback(event, fn)
     cuda = device.startswith("cuda")
     if cuda:
-        # The caching allocator knows a device only once CUDA is initialised: before
-        # that, resetting its peak raises "Invalid device argument" (pytorch#49952;
-        # seen on an H200, the first time this ran on a GPU).
+        # Before CUDA is initialised, resetting the peak raises "Invalid device argument" (pytorch#49952).
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
         if amp and amp_checked is None:
