@@ -19,8 +19,10 @@ def dead_pid() -> int:
 
 
 def test_a_live_holder_is_refused_and_its_served_url_shown(tmp_path):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    script = "import time; print('up', flush=True); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
+        assert other.stdout.readline() == "up\n"  # its command line is python's by then
         record = {"pid": other.pid, "session": "s1", "what": "an experiment session", "since": 0}
         (tmp_path / CLAIM_FILE).write_text(json.dumps(record))
         assert holder(tmp_path) == record
