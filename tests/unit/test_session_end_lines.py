@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow_cv_yolo.decide.ledger import Ledger
 from mlflow_cv_yolo.decide.promotion import Completeness
 from mlflow_cv_yolo.present.terminal import reopen_line
 
@@ -27,3 +28,14 @@ def test_the_links_say_how_to_reopen_a_server_that_stops_with_the_session():
         {},
     )
     assert reopen_line("external", Path("/w/.stack"), fresh=False) is None  # it outlives the session
+
+
+def test_the_ledger_counts_a_test_whose_run_an_interruption_killed():
+    ledger = Ledger(4)
+    ledger.collected(["a", "b", "c", "d"])
+    ledger.record("a", phase="call", outcome="passed", run_id="ra")
+    ledger.record("b", phase="call", outcome="failed", run_id="rb")
+    ledger.record("c", phase="setup", outcome="passed")  # interrupted mid-call: its run never reported
+    statuses = {"ra": "FINISHED", "rb": "FAILED"}
+    done = ledger.completeness(statuses, interrupted=True, by_test={"a": "FINISHED", "b": "FAILED", "c": "KILLED"})
+    assert done.note == "1 of 4 runs finished; 1 failed; 1 killed; 1 not run; interrupted"

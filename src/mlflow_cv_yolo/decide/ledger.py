@@ -59,17 +59,27 @@ class Ledger:
         """Run id -> the session that trained it, for the runs the tests reused."""
         return {t.run_id: t.reused_from for t in self.tests.values() if t.reused_from and t.run_id}
 
-    def completeness(self, statuses: dict[str, str], *, interrupted: bool) -> Completeness:
-        """`statuses`: each run's MLflow status, by run id."""
-        tests = [self.tests.get(t, TestRecord()) for t in self.selected]
-        finished = sum(1 for t in tests if t.passed and statuses.get(t.run_id) == "FINISHED")
-        failed = sum(1 for t in tests if t.failed or (t.passed and statuses.get(t.run_id) != "FINISHED"))
+    def completeness(
+        self, statuses: dict[str, str], *, interrupted: bool, by_test: dict[str, str] | None = None
+    ) -> Completeness:
+        """`statuses`: each run's MLflow status, by run id; `by_test`: by test id, for a
+        test interrupted before it reported its run."""
+        tests = {t: self.tests.get(t, TestRecord()) for t in self.selected}
+        finished = sum(1 for t in tests.values() if t.passed and statuses.get(t.run_id) == "FINISHED")
+        failed = sum(1 for t in tests.values() if t.failed or (t.passed and statuses.get(t.run_id) != "FINISHED"))
+        killed = sum(
+            1
+            for name, t in tests.items()
+            if not t.failed and not t.passed
+            and (statuses.get(t.run_id) if t.run_id else (by_test or {}).get(name)) == "KILLED"
+        )  # fmt: skip
         return Completeness(
             selected=len(self.selected),
             grid=self.grid_size,
             finished=finished,
             failed=failed,
             interrupted=interrupted,
+            killed=killed,
         )
 
     def counts(self) -> str:
