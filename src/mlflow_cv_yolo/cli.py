@@ -31,6 +31,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
             imgsz=args.imgsz,
             seed=args.seed,
             cache_dir=args.cache_dir,
+            style=args.style,
         )
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -49,7 +50,8 @@ def _add_dataset(commands: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--source",
         default="auto",
-        help="auto (COCO128 if cached or downloadable, else synthetic), coco128, synthetic, "
+        help="auto (COCO128 if cached or downloadable, else the real COCO person cut shipped in "
+        "data/coco_persons, else synthetic), coco128, coco_persons, synthetic, "
         "or a path to a YOLO-format folder or zip; explicit sources never fall back",
     )
     build.add_argument("--out", type=Path, default=Path("data/tiny_coco"), help="dataset folder to write")
@@ -60,6 +62,11 @@ def _add_dataset(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--imgsz", type=_count, default=320, help="side of the square images written, pixels")
     build.add_argument("--seed", type=int, default=0, help="seed of the split (and of the synthetic set)")
     build.add_argument("--cache-dir", type=Path, default=Path("data/.cache"), help="where coco128.zip is cached")
+    build.add_argument(
+        "--style",
+        default="standard",
+        help="synthetic source only: the generator's difficulty (standard, pretrain, heldout)",
+    )
     build.set_defaults(func=_dataset_build)
 
 

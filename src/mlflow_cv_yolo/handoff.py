@@ -51,10 +51,14 @@ class SessionInfo:
     # Configurations with a FINISHED run to reuse, found at the start (reuse.plan):
     # config id -> [run id, run key, the session that trained it].
     reusable: dict = field(default_factory=dict)
+    # Configurations whose run --prune stopped, which this session (not pruning) continues.
+    continued: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> SessionInfo:
-        return cls(**{**raw, "devices": tuple(raw.get("devices", ("cpu",)))})
+        return cls(
+            **{**raw, "devices": tuple(raw.get("devices", ("cpu",))), "continued": tuple(raw.get("continued", ()))}
+        )

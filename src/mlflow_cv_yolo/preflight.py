@@ -17,6 +17,8 @@ import yaml
 
 from mlflow_cv_yolo.data.yolo_format import DatasetError, check_split
 from mlflow_cv_yolo.errors import InputError
+from mlflow_cv_yolo.train.grid import RunConfig
+from mlflow_cv_yolo.train.pruning import Pruning, default_min_epochs
 
 SPLITS = ("train", "val", "test")
 
@@ -163,3 +165,23 @@ def check_dataset(yaml_path: Path) -> DatasetSummary:
         except DatasetError as exc:
             raise InputError(f"--data {yaml_path}: {exc}") from None
     return DatasetSummary(yaml_path, len(names), images, boxes)
+
+
+def check_pruning(pruning: Pruning, grid: list[RunConfig]) -> None:
+    """--prune compares configurations at rung epochs: it needs two of them, and a rung
+    before the last epoch."""
+    if not pruning.on:
+        return
+    configs = sorted({c.config_id for c in grid})
+    if len(configs) < 2:
+        raise InputError(
+            f"--prune {pruning.mode}: the grid has one configuration ({configs[0] if configs else 'none'}); "
+            "successive halving compares several (add values to a grid key, or drop --prune)"
+        )
+    if not any(pruning.rungs(c.epochs) for c in grid):
+        epochs = max(c.epochs for c in grid)
+        first = pruning.min_epochs or default_min_epochs(epochs)
+        raise InputError(
+            f"--prune {pruning.mode}: no rung before the last epoch (first rung {first}, epochs={epochs}): "
+            "lower --prune-min-epochs or raise epochs"
+        )

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.conclude import conclude
+from mlflow_cv_yolo.data import provenance
 from mlflow_cv_yolo.decide.conclusion import Conclusion
 from mlflow_cv_yolo.decide.ledger import Ledger
 from mlflow_cv_yolo.handoff import SessionInfo
@@ -74,9 +75,11 @@ class Session:
         devices_line = devices.describe(
             s.device, up.found, up.devices, max(1, up.workers), devices.cpu_count(), workers_asked=asked
         )
+        source = provenance.source_words(self.info.data)
         return terminal.header_lines(
             self.info,
             up.stack_info,
+            data_source=(source.text, source.loud) if source else None,
             ready_in=up.ready_in,
             state=up.state_shown,
             ray=up.ray.describe() if up.ray is not None else None,
@@ -96,8 +99,10 @@ class Session:
         """How many selected tests a finished run answers; None with --rerun."""
         if self.settings.rerun:
             return None
-        reusable = sum(1 for test in self.ledger.selected if test in self.info.reusable)
-        return terminal.reuse_line(reusable, len(self.ledger.selected), workers=self.workers)
+        selected = self.ledger.selected
+        reusable = sum(1 for test in selected if test in self.info.reusable)
+        continued = sum(1 for test in selected if test in self.info.continued)
+        return terminal.reuse_line(reusable, len(selected), workers=self.workers, continued=continued)
 
     def run_states(self) -> dict[str, str]:
         """Each selected test's state in words (queued, epoch k/N mAP x, finished, failed)."""
@@ -116,12 +121,21 @@ class Session:
         crash: str | None = None,
         reused_from: str | None = None,
         resumed_from: str | None = None,
+        pruned: str | None = None,
+        was_pruned: str | None = None,
     ) -> None:
         """One report of one test. A crashed worker's test ("???" phase) and a test that
         failed after its run FINISHED must not leave that run looking usable (a reused
         run is another session's result, and stays as it is)."""
         test = self.ledger.record(
-            test_id, phase=phase, outcome=outcome, run_id=run_id, reused_from=reused_from, resumed_from=resumed_from
+            test_id,
+            phase=phase,
+            outcome=outcome,
+            run_id=run_id,
+            reused_from=reused_from,
+            resumed_from=resumed_from,
+            pruned=pruned,
+            was_pruned=was_pruned,
         )
         if outcome != "failed" or self.info is None or test.reused_from:
             return

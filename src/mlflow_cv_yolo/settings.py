@@ -12,6 +12,7 @@ from typing import Any
 
 from mlflow_cv_yolo.decide.promotion import Criteria
 from mlflow_cv_yolo.train.grid import RunConfig, expand, load_grid
+from mlflow_cv_yolo.train.pruning import Pruning
 from mlflow_cv_yolo.train.ray_cluster import ExecutorSettings
 
 
@@ -65,6 +66,28 @@ def cpus(text: str) -> float:
     return value
 
 
+def epochs_count(text: str) -> int:
+    """--prune-min-epochs: the first rung, an integer epoch >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"{text} is not an epoch >= 1")
+    return value
+
+
+def eta(text: str) -> int:
+    """--prune-eta: the reduction factor, an integer >= 2 (1/eta of the runs go on at each rung)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if value < 2:
+        raise ValueError(f"{text} is not an integer >= 2")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -90,6 +113,7 @@ class Settings:
     rerun: bool = False  # train even where a finished run with the same key exists (see reuse)
     resume: bool = True  # continue an interrupted run with the same key (see resume)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    pruning: Pruning = field(default_factory=Pruning)  # --prune, --prune-min-epochs, --prune-eta
 
     def load_grid(self) -> list[RunConfig]:
         """The whole grid (before -k): read only when the experiment tests are collected."""
@@ -135,6 +159,11 @@ def make_settings(*, root: Path, cwd: Path, options: dict[str, Any], criteria: C
             ray_address=options.get("ray_address"),
             cpus_per_run=options.get("cpus_per_run", 1.0),
             gpus_per_run=options.get("gpus_per_run", 0.0),
+        ),
+        pruning=Pruning(
+            mode=options.get("prune") or "off",
+            min_epochs=options.get("prune_min_epochs"),
+            eta=options.get("prune_eta") or Pruning.eta,
         ),
     )
 

@@ -168,7 +168,9 @@ class Startup:
             return
         placement = devices.place(0, max(1, self.workers), self.devices, devices.cpu_count())
         device = make_executor(self.info.executor).device(placement)
-        self.info = dataclasses.replace(self.info, reusable=reuse.plan(client, self.grid, self.info, device=device))
+        reusable, pruned = reuse.plan(client, self.grid, self.info, device=device)
+        continued = () if self.settings.pruning.on else pruned
+        self.info = dataclasses.replace(self.info, reusable=reusable, continued=continued)
         if len(self.info.reusable) == len(self.grid):
             self.workers = 0
 

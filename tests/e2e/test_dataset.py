@@ -15,6 +15,7 @@ import yaml
 from mlflow_cv_yolo.cli import main
 from mlflow_cv_yolo.data import synthetic
 from mlflow_cv_yolo.data.build import DatasetError, build_dataset
+from mlflow_cv_yolo.data.provenance import SourceWords, source_words
 
 COCO_PERSONS = Path(__file__).resolve().parents[2] / "data" / "coco_persons"
 
@@ -67,7 +68,7 @@ def test_builds_from_the_real_coco_person_set(tmp_path):
         "names": {0: "person"},
         "source": "path",
     }
-    assert meta["source_ref"].startswith("tiny_coco (sha256 ")
+    assert meta["source_ref"].startswith("coco_persons (sha256 ")
     assert (result.out_dir / "source.json").is_file()
 
 
@@ -146,18 +147,68 @@ def test_coco128_layout_takes_unlabelled_images_as_backgrounds(tmp_path):
     assert yaml.safe_load(result.yaml_path.read_text())["source"] == "coco128"
 
 
-def test_offline_auto_uses_synthetic_and_says_why_explicit_coco128_fails(tmp_path, monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
     for name in ("https_proxy", "HTTPS_PROXY"):  # a closed port: every download fails at once
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+def test_offline_auto_takes_the_shipped_coco_person_cut(tmp_path, offline):
+    lines = []
+    result = build("auto", tmp_path, cache_dir=tmp_path / "cache", shipped=COCO_PERSONS, log=lines.append)
+    assert (result.kind, result.counts, result.boxes) == ("coco_persons", (40, 10, 10), 253)
+    assert [line.split(" (")[0] for line in lines if "source auto" in line] == [
+        f"dataset: source auto -> coco_persons, real COCO images shipped at {COCO_PERSONS}"
+    ]
+    assert source_words(result.yaml_path) == SourceWords("COCO person cut, 60 real images (shipped)", False)
+    same = build("coco_persons", tmp_path / "explicit", shipped=COCO_PERSONS)
+    assert tree(same.out_dir) == tree(result.out_dir)
+
+
+def test_offline_auto_is_synthetic_only_without_the_cut_and_explicit_coco128_fails(tmp_path, offline):
     lines = []
     result = build("auto", tmp_path / "auto", counts=(2, 1, 1), cache_dir=tmp_path / "cache", log=lines.append)
     assert result.source == "synthetic"
-    assert any(line.startswith("dataset: source auto -> synthetic (COCO128 is not cached") for line in lines)
+    assert any(
+        line.startswith("dataset: source auto -> SYNTHETIC images, not photographs (COCO128 is not cached")
+        and line.endswith(f"; no shipped COCO person cut at {tmp_path / 'auto' / 'coco_persons'})")
+        for line in lines
+    )
+    words = source_words(result.yaml_path)
+    assert words == SourceWords(f"SYNTHETIC images, 4 drawn by {synthetic.GENERATOR} seed 0 — not photographs", True)
     with pytest.raises(DatasetError, match=r"^coco128: not cached at .* cannot be downloaded"):
         build("coco128", tmp_path / "explicit", counts=(2, 1, 1), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "explicit").exists()
+
+
+def test_offline_auto_with_a_cut_too_small_says_so_and_draws(tmp_path, offline):
+    lines = []
+    result = build(
+        "auto",
+        tmp_path,
+        counts=(60, 10, 10),
+        cache_dir=tmp_path / "cache",
+        shipped=COCO_PERSONS,
+        log=lines.append,
+        imgsz=64,
+    )
+    assert result.kind == "synthetic"
+    assert any(
+        line.endswith(f"the shipped cut at {COCO_PERSONS} has 60 person images, 80 are needed)") for line in lines
+    )
+
+
+def test_a_style_is_for_the_synthetic_source_only(tmp_path):
+    with pytest.raises(DatasetError, match=r"^style='pretrain': applies to the synthetic source only, not to 'auto'$"):
+        build("auto", tmp_path, style="pretrain")
+    with pytest.raises(DatasetError, match=r"^style='hardest': one of standard, pretrain, heldout$"):
+        build("synthetic", tmp_path, style="hardest")
+    result = build("synthetic", tmp_path, counts=(2, 1, 1), imgsz=64, style="heldout", seed=1)
+    assert source_words(result.yaml_path).text == (
+        f"SYNTHETIC images, 4 drawn by {synthetic.GENERATOR} style heldout seed 1 — not photographs"
+    )
 
 
 BAD_LINES = [

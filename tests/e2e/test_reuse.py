@@ -11,6 +11,7 @@ a two-point grid (imgsz 96 and 64, 3 epochs), asserted on by the tests below:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import time
@@ -146,9 +147,12 @@ def test_a_changed_key_retrains_only_its_points_and_rerun_retrains(chain):
 def test_run_key_changes_with_what_decides_the_training_and_only_with_it(tmp_path, data_yaml):
     import shutil
 
-    from mlflow_cv_yolo.runs.key import data_digest, run_key
+    from mlflow_cv_yolo.runs.key import components, data_digest, run_key
+    from mlflow_cv_yolo.train import weights
 
-    shutil.copytree(data_yaml.parent / "tiny_coco", tmp_path / "tiny_coco", ignore=shutil.ignore_patterns("*.cache"))
+    shutil.copytree(
+        data_yaml.parent / "coco_persons", tmp_path / "coco_persons", ignore=shutil.ignore_patterns("*.cache")
+    )
     data = tmp_path / "data.yaml"
     shutil.copy(data_yaml, data)
     values = {"model": "yolov8n.pt", "optimizer": "SGD", "epochs": 3, "batch": 8, "imgsz": 320, "lr0": 0.01, "seed": 1}
@@ -170,13 +174,17 @@ def test_run_key_changes_with_what_decides_the_training_and_only_with_it(tmp_pat
         "lr0": key(values={"lr0": 0.02}),
         "seed": key(values={"seed": 2}),
         "weights": key(model_used="yolov8s.yaml"),
+        "checkpoint": key(model_used=str(weights.CHECKPOINT)),
         "dvc": key(dvc="0" * 32),
     }
-    assert len({base, *changed.values()}) == 6, changed
+    assert len({base, *changed.values()}) == 7, changed
+    assert components(values, model_used=str(weights.CHECKPOINT), data="d", device=None)["weights"] == (
+        f"sha256:{hashlib.sha256(weights.CHECKPOINT.read_bytes()).hexdigest()}"
+    )
     assert data_digest(data, "abc") == "dvc:abc"  # the DVC digest, where the session has one, stands for the data
 
-    (tmp_path / "tiny_coco" / "labels" / "train.cache").write_bytes(b"ultralytics' cache")
+    (tmp_path / "coco_persons" / "labels" / "train.cache").write_bytes(b"ultralytics' cache")
     assert key() == base  # ultralytics' label caches are not the data
-    label = next((tmp_path / "tiny_coco" / "labels" / "train").iterdir())
+    label = next((tmp_path / "coco_persons" / "labels" / "train").iterdir())
     label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
     assert key() != base

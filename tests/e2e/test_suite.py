@@ -12,7 +12,7 @@ from helpers import MICRO, run_suite
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.detector import COLUMNS, encode_images
-from mlflow_cv_yolo.train import devices
+from mlflow_cv_yolo.train import devices, weights
 
 WORKERS_ASKED = 3  # the grid session's -n
 
@@ -104,7 +104,11 @@ def grid_session(tmp_path_factory, local_stack, stack_env, data_yaml):
 def test_session_prints_stack_weights_table_and_decision(grid_session):
     out = grid_session["result"].stdout
     assert "stack: external (MLFLOW_TRACKING_URI is set)" in out
-    assert "weights: yolov8n.yaml — yolov8n.pt is not on disk" in out and "TRAINING FROM SCRATCH" in out
+    assert (
+        f"!!!!!!!! weights: {weights.CHECKPOINT} — project checkpoint, synthetic-pretrained — not yolov8n.pt "
+        "(yolov8n.pt is not on disk and could not be downloaded" in out
+    )
+    assert "TRAINING FROM SCRATCH" not in out
     assert "4 passed" in out
     assert all(name in out for name in ("lr0.002-seed7", "lr0.002-seed8", "lr0.02-seed7", "lr0.02-seed8"))
     assert "decision: PROMOTED" in out and f"{grid_session['model']} v1 @production" in out
@@ -140,7 +144,7 @@ def test_runs_log_params_epochs_artifacts_and_tags(grid_session):
             "batch": "8",
             "optimizer": "SGD",
             "model": "yolov8n.pt",
-            "model_used": "yolov8n.yaml",
+            "model_used": str(weights.CHECKPOINT),
         }
         assert {"data", "data_yaml_sha256", "version.ultralytics", "version.torch", "version.mlflow"} <= set(params)
         assert run.data.tags["pretrained"] == "false" and run.data.tags["suite.stack"] == "external"
@@ -235,7 +239,8 @@ def test_candidate_gets_test_split_metrics_and_decision_record(grid_session):
     record = json.loads((tmp / "reports" / grid_session["session"] / "decision.json").read_text())
     candidate = client.get_run(record["candidate_run_id"])
     assert {"test/mAP50-95", "test/mAP50"} <= set(candidate.data.metrics)
-    assert record["outcome"] == "promoted" and "TRAINING FROM SCRATCH" in record["reason"]
+    assert record["outcome"] == "promoted"
+    assert "[weights: project checkpoint, synthetic-pretrained — not yolov8n.pt" in record["reason"]
     assert [c["name"] for c in record["criteria"]] == [
         "complete session",
         "best mAP50-95 (val)",

@@ -52,3 +52,17 @@ def test_a_test_outside_the_selection_counts_nowhere():
     assert ledger.completeness({"r1": "FINISHED", "r2": "FINISHED"}, interrupted=True) == Completeness(
         selected=1, grid=2, finished=1, failed=0, interrupted=True
     )
+
+
+def test_a_pruned_test_is_complete_and_counted_another_skip_is_not():
+    ledger = Ledger(grid_size=4)
+    ledger.collected(["a", "b", "c", "d"])
+    report(ledger, "a", "passed", "passed", run_id="r1")
+    report(ledger, "b", "passed", "skipped", run_id="r2", pruned="rung=4 value=0 cut=0.2 reached=3 eta=3")
+    report(ledger, "c", "passed", "skipped", run_id="r3")  # skipped for another reason
+    report(ledger, "d", "passed", "passed", run_id="r4", resumed_from="s0", was_pruned="rung=4 value=0 cut=0.2")
+    statuses = dict.fromkeys(("r1", "r2", "r3", "r4"), "FINISHED")
+    assert ledger.completeness(statuses, interrupted=False) == Completeness(
+        selected=4, grid=4, finished=3, failed=0, interrupted=False
+    )
+    assert ledger.counts() == "0 reused, 4 trained (1 pruned run continued), 1 pruned"

@@ -80,6 +80,19 @@ def test_failed_and_metricless_runs_are_excluded_and_reported() -> None:
     }
 
 
+def test_pruned_runs_are_left_out_of_the_ranking_and_say_where_they_stopped() -> None:
+    import dataclasses
+
+    full = run(0.3, imgsz=320, seed=1)
+    stopped = dataclasses.replace(run(0.9, imgsz=416, seed=1), pruned="rung=4 value=0.01 cut=0.2 reached=3 eta=3")
+    same_config = run(0.2, imgsz=416, seed=2)
+    ranking = rank_configs([full, stopped, same_config])
+    assert [(s.config_id, s.n, s.mean) for s in ranking] == [("imgsz320", 1, 0.3), ("imgsz416", 1, 0.2)]
+    assert [(r.name, why) for r, why in excluded([full, stopped, same_config])] == [
+        ("imgsz416-seed1", "pruned (rung=4 value=0.01 cut=0.2 reached=3 eta=3)")
+    ]
+
+
 def test_one_seed_per_config_picks_plain_best_run_and_cannot_estimate_noise() -> None:
     runs = [run(0.30, imgsz=320, seed=42), run(0.34, imgsz=416, seed=42), run(0.31, imgsz=512, seed=42)]
     ranking = rank_configs(runs)
@@ -192,3 +205,15 @@ def test_runs_table_best_first_failed_last() -> None:
     assert rows[2]["precision"] == 0.6 and rows[2]["recall"] == 0.5 and rows[2]["mAP50-95"] == 0.30
     assert rows[3]["status"] == "FAILED" and rows[3]["mAP50-95"] is None
     assert "test/mAP50-95" not in runs_table(runs[:1])[0]
+
+
+def test_runs_table_says_where_pruned_runs_stopped() -> None:
+    import dataclasses
+
+    stopped = dataclasses.replace(run(0.1, imgsz=416, seed=1), pruned="rung=4 value=0.01 cut=0.2 reached=3 eta=3")
+    rows = runs_table([run(0.3, imgsz=320, seed=1), stopped])
+    assert [(r["name"], r["pruned at"]) for r in rows] == [
+        ("imgsz320-seed1", None),
+        ("imgsz416-seed1", "epoch 4 (0.0100 < cut 0.2000)"),
+    ]
+    assert "pruned at" not in runs_table([run(0.3, imgsz=320, seed=1)])[0]

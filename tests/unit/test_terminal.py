@@ -51,3 +51,24 @@ def test_the_reuse_line_counts_the_selected_tests():
         "reuse: 1 of 2 configurations have a finished run with the same key (--rerun trains them again)"
     )
     assert reuse_line(2, 2, workers=0).endswith("; nothing to train: the tests run in this process, no worker started")
+
+
+def test_the_reuse_line_says_how_many_pruned_runs_are_continued():
+    assert reuse_line(1, 4, workers=2, continued=2) == (
+        "reuse: 1 of 4 configurations have a finished run with the same key (--rerun trains them again); "
+        "2 pruned runs continued"
+    )
+
+
+def test_the_data_line_names_its_source_and_is_loud_when_synthetic():
+    def data_line(source):
+        lines = header_lines(info(), STACK, ready_in="1 s", state="x", ray=None, devices_line="d", data_source=source)
+        return lines[6]
+
+    assert data_line(("COCO person cut, 60 real images (shipped)", False)) == (
+        "data: data/tiny_coco.yaml — COCO person cut, 60 real images (shipped)"
+    )
+    assert data_line(("SYNTHETIC images, 40 drawn by seed 0 — not photographs", True)) == (
+        "!!!!!!!! data: data/tiny_coco.yaml — SYNTHETIC images, 40 drawn by seed 0 — not photographs"
+    )
+    assert data_line(None) == "data: data/tiny_coco.yaml"

@@ -1,5 +1,5 @@
-"""The tiny COCO person dataset: read a source (COCO128, a local YOLO-format folder or
-zip, or the synthetic set), validate every label and image, keep the person boxes,
+"""The tiny COCO person dataset: read a source (COCO128, the COCO person cut shipped in
+data/coco_persons, a local YOLO-format folder or zip, or the synthetic set), validate every label and image, keep the person boxes,
 split, resize and write it so that the same inputs give the same bytes.
 
 Layout written: `<out>/{images,labels}/{train,val,test}/`, `<out>/source.json` (what it
@@ -29,6 +29,7 @@ from mlflow_cv_yolo.data import synthetic
 from mlflow_cv_yolo.data.yolo_format import IMAGE_SUFFIXES, PERSON, DatasetError, Sample, read_yolo
 
 COCO128_URL = "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"
+SHIPPED = "coco_persons"  # the real COCO person cut beside the dataset folder (data/coco_persons)
 SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 90
 DOWNLOAD_TIMEOUT_S = 10
@@ -38,8 +39,8 @@ DOWNLOAD_TIMEOUT_S = 10
 class BuildResult:
     out_dir: Path
     yaml_path: Path
-    source: str  # "coco128", "synthetic" or the absolute path of a local source
-    kind: str  # "coco128", "synthetic" or "path", as recorded in the yaml's `source:`
+    source: str  # "coco128", "coco_persons", "synthetic" or the absolute path of a local source
+    kind: str  # "coco128", "coco_persons", "synthetic" or "path", as recorded in the yaml's `source:`
     ref: str  # what identifies the input: URL or folder name with a sha256, or generator and seed
     counts: tuple[int, int, int]  # train, val, test images
     boxes: int  # person boxes written, all splits
@@ -54,15 +55,23 @@ class _Source:
 
 
 def build_dataset(source: str, out_dir: Path, yaml_path: Path, *, counts: tuple[int, int, int] = (40, 10, 10),
-                  imgsz: int = 320, seed: int = 0, cache_dir: Path | None = None,
-                  log: Callable[[str], None] = print) -> BuildResult:
-    """Build the dataset from `source` ("auto", "coco128", "synthetic" or a path) into
-    `out_dir` and `yaml_path`, replacing them only once the build has succeeded."""
+                  imgsz: int = 320, seed: int = 0, cache_dir: Path | None = None, style: str = "standard",
+                  shipped: Path | None = None, log: Callable[[str], None] = print) -> BuildResult:
+    """Build the dataset from `source` ("auto", "coco128", "coco_persons", "synthetic" or a
+    path) into `out_dir` and `yaml_path`, replacing them only once the build has succeeded.
+    `shipped` is the real COCO person cut (default: `coco_persons` beside `out_dir`); `auto`
+    takes COCO128, else that cut, else the synthetic set."""
     out_dir, yaml_path = Path(out_dir), Path(yaml_path)
     counts = _check_request(counts, imgsz)
+    shipped = Path(shipped) if shipped is not None else out_dir.parent / SHIPPED
+    if style not in synthetic.STYLES:
+        raise DatasetError(f"style={style!r}: one of {', '.join(synthetic.STYLES)}")
+    if style != "standard" and source != "synthetic":
+        raise DatasetError(f"style={style!r}: applies to the synthetic source only, not to {source!r}")
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".cache"
     with contextlib.ExitStack() as scratch:
-        src = _resolve(source, sum(counts), imgsz=imgsz, seed=seed, cache_dir=cache_dir, log=log, scratch=scratch)
+        src = _resolve(source, sum(counts), imgsz=imgsz, seed=seed, style=style, cache_dir=cache_dir,
+                       shipped=shipped, log=log, scratch=scratch)
         if len(src.samples) < sum(counts):
             raise DatasetError(f"need {sum(counts)} person images ({counts[0]} train + {counts[1]} val + "
                                f"{counts[2]} test), source has {len(src.samples)} ({src.source})")
@@ -88,12 +97,16 @@ def _check_request(counts: tuple[int, int, int], imgsz: int) -> tuple[int, int, 
 
 # --- sources -----------------------------------------------------------------------
 
-def _resolve(source: str, need: int, *, imgsz: int, seed: int, cache_dir: Path,
+def _resolve(source: str, need: int, *, imgsz: int, seed: int, style: str, cache_dir: Path, shipped: Path,
              log: Callable[[str], None], scratch: contextlib.ExitStack) -> _Source:
     if source == "synthetic":
-        return _synthetic(need, imgsz=imgsz, seed=seed)
+        return _synthetic(need, imgsz=imgsz, seed=seed, style=style)
     if source == "coco128":
         return _coco128(_coco128_zip(cache_dir, log), scratch, log)
+    if source == SHIPPED:
+        if not (shipped / "images").is_dir():
+            raise DatasetError(f"{SHIPPED}: the shipped COCO person cut is not at {shipped} (no images/ folder)")
+        return _shipped(shipped, log)
     if source == "auto":
         zip_path = cache_dir / "coco128.zip"
         if zipfile.is_zipfile(zip_path):
@@ -102,9 +115,8 @@ def _resolve(source: str, need: int, *, imgsz: int, seed: int, cache_dir: Path,
         try:
             zip_path = _download(COCO128_URL, zip_path, log)
         except DatasetError as exc:
-            log(f"dataset: source auto -> synthetic (COCO128 is not cached at {zip_path} and cannot be "
-                f"downloaded: {exc})")
-            return _synthetic(need, imgsz=imgsz, seed=seed)
+            return _offline(need, imgsz=imgsz, seed=seed, shipped=shipped, log=log,
+                            why=f"COCO128 is not cached at {zip_path} and cannot be downloaded: {exc}")
         log(f"dataset: source auto -> coco128 (downloaded to {zip_path})")
         return _coco128(zip_path, scratch, log)
     path = Path(source)
@@ -117,10 +129,29 @@ def _resolve(source: str, need: int, *, imgsz: int, seed: int, cache_dir: Path,
     return _Source(str(path.resolve()), "path", f"{path.resolve().name} (sha256 {_digest(path)})", samples)
 
 
-def _synthetic(count: int, *, imgsz: int, seed: int) -> _Source:
+def _offline(need: int, *, imgsz: int, seed: int, shipped: Path, log: Callable[[str], None], why: str) -> _Source:
+    """Real images where the shipped cut is there and large enough; synthetic ones otherwise."""
+    if (shipped / "images").is_dir():
+        src = _shipped(shipped, log)
+        if len(src.samples) >= need:
+            log(f"dataset: source auto -> {SHIPPED}, real COCO images shipped at {shipped} ({why})")
+            return src
+        why += f"; the shipped cut at {shipped} has {len(src.samples)} person images, {need} are needed"
+    else:
+        why += f"; no shipped COCO person cut at {shipped}"
+    log(f"dataset: source auto -> SYNTHETIC images, not photographs ({why})")
+    return _synthetic(need, imgsz=imgsz, seed=seed)
+
+
+def _shipped(folder: Path, log: Callable[[str], None]) -> _Source:
+    samples = read_yolo(folder, shown=lambda p: str(p), missing_labels="error", log=log)
+    return _Source(SHIPPED, SHIPPED, f"{SHIPPED} (sha256 {_digest(folder)})", samples)
+
+
+def _synthetic(count: int, *, imgsz: int, seed: int, style: str = "standard") -> _Source:
     samples = [Sample(s.name, s.boxes, lambda image=s.image: image)
-               for s in synthetic.draw_set(count, seed=seed, size=imgsz)]
-    return _Source("synthetic", "synthetic", f"{synthetic.GENERATOR} seed {seed}", samples)
+               for s in synthetic.draw_set(count, seed=seed, size=imgsz, style=style)]
+    return _Source("synthetic", "synthetic", f"{synthetic.generator(style)} seed {seed}", samples)
 
 
 def _coco128(zip_path: Path, scratch: contextlib.ExitStack, log: Callable[[str], None]) -> _Source:

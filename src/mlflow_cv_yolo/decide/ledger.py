@@ -16,10 +16,18 @@ class TestRecord:
     run_id: str | None = None
     reused_from: str | None = None  # its run is a FINISHED run of that session (see runs/reuse.py)
     resumed_from: str | None = None  # its run continued one that session left unfinished
+    pruned: str | None = None  # --prune stopped its run at a rung (the run's suite.pruned): skipped, complete
+    was_pruned: str | None = None  # its run continued one that --prune had stopped
 
     @property
     def passed(self) -> bool:
         return self.phases.get("call") == "passed" and "failed" not in self.phases.values()
+
+    @property
+    def complete(self) -> bool:
+        """Passed, or skipped because --prune stopped its run (which it checked first)."""
+        call = self.phases.get("call")
+        return (call == "passed" or (call == "skipped" and bool(self.pruned))) and not self.failed
 
     @property
     def failed(self) -> bool:
@@ -44,12 +52,16 @@ class Ledger:
         run_id: str | None = None,
         reused_from: str | None = None,
         resumed_from: str | None = None,
+        pruned: str | None = None,
+        was_pruned: str | None = None,
     ) -> TestRecord:
         test = self.tests.setdefault(test_id, TestRecord())
         test.phases[phase] = outcome
         test.run_id = run_id or test.run_id
         test.reused_from = reused_from or test.reused_from
         test.resumed_from = resumed_from or test.resumed_from
+        test.pruned = pruned or test.pruned
+        test.was_pruned = was_pruned or test.was_pruned
         return test
 
     def is_reused(self, test_id: str) -> bool:
@@ -63,14 +75,15 @@ class Ledger:
         self, statuses: dict[str, str], *, interrupted: bool, by_test: dict[str, str] | None = None
     ) -> Completeness:
         """`statuses`: each run's MLflow status, by run id; `by_test`: by test id, for a
-        test interrupted before it reported its run."""
+        test interrupted before it reported its run. A test whose run --prune stopped
+        counts as finished: its configuration got the epochs it earned."""
         tests = {t: self.tests.get(t, TestRecord()) for t in self.selected}
-        finished = sum(1 for t in tests.values() if t.passed and statuses.get(t.run_id) == "FINISHED")
-        failed = sum(1 for t in tests.values() if t.failed or (t.passed and statuses.get(t.run_id) != "FINISHED"))
+        finished = sum(1 for t in tests.values() if t.complete and statuses.get(t.run_id) == "FINISHED")
+        failed = sum(1 for t in tests.values() if t.failed or (t.complete and statuses.get(t.run_id) != "FINISHED"))
         killed = sum(
             1
             for name, t in tests.items()
-            if not t.failed and not t.passed
+            if not t.failed and not t.complete
             and (statuses.get(t.run_id) if t.run_id else (by_test or {}).get(name)) == "KILLED"
         )  # fmt: skip
         return Completeness(
@@ -83,9 +96,14 @@ class Ledger:
         )
 
     def counts(self) -> str:
-        """`6 reused, 2 trained (1 resumed)`: what the selected tests did with their runs."""
+        """`6 reused, 2 trained (1 resumed, 2 pruned runs continued), 3 pruned`: what the
+        selected tests did with their runs."""
         tests = [self.tests[t] for t in self.selected if t in self.tests and self.tests[t].run_id]
         reused = sum(1 for t in tests if t.reused_from)
-        resumed = sum(1 for t in tests if t.resumed_from and not t.reused_from)
-        text = f"{reused} reused, {len(tests) - reused} trained"
-        return text + (f" ({resumed} resumed)" if resumed else "")
+        resumed = sum(1 for t in tests if t.resumed_from and not t.reused_from and not t.was_pruned)
+        continued = sum(1 for t in tests if t.was_pruned and not t.reused_from)
+        pruned = sum(1 for t in tests if t.pruned)
+        notes = [f"{resumed} resumed"] if resumed else []
+        notes += [f"{continued} pruned run{'s' if continued != 1 else ''} continued"] if continued else []
+        text = f"{reused} reused, {len(tests) - reused} trained" + (f" ({', '.join(notes)})" if notes else "")
+        return text + (f", {pruned} pruned" if pruned else "")

@@ -246,9 +246,8 @@ def decide(
         if pretrained
         else (
             criteria.min_map_scratch,
-            "min_map_scratch: pretrained weights unavailable, "
-            "runs trained from scratch cannot reach min_map "
-            f"({criteria.min_map})",
+            f"min_map_scratch: the runs did not start from the pretrained weights asked for, "
+            f"for which min_map ({criteria.min_map}) is set",
         )
     )
     best = candidate.metrics[ranking.METRIC]

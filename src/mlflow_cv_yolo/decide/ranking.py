@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from mlflow_cv_yolo.runs.pruner import Pruned
 from mlflow_cv_yolo.runs.record import RunRecord
 
 METRIC = "best/mAP50-95"
@@ -68,7 +69,8 @@ def _run_key(run: RunRecord, metric: str, tiebreak: str) -> tuple[float, float, 
 
 
 def _is_ranked(run: RunRecord, metric: str) -> bool:
-    return run.status == "FINISHED" and math.isfinite(_value(run, metric))
+    # A pruned run's best is that of a shorter training: configurations compete on full ones.
+    return run.status == "FINISHED" and not run.pruned and math.isfinite(_value(run, metric))
 
 
 def excluded(runs: Iterable[RunRecord], metric: str = METRIC) -> list[tuple[RunRecord, str]]:
@@ -77,6 +79,8 @@ def excluded(runs: Iterable[RunRecord], metric: str = METRIC) -> list[tuple[RunR
     for run in runs:
         if run.status != "FINISHED":
             out.append((run, f"status {run.status}"))
+        elif run.pruned:
+            out.append((run, f"pruned ({run.pruned})"))
         elif metric not in run.metrics:
             out.append((run, f"no {metric} logged"))
         elif not math.isfinite(run.metrics[metric]):
@@ -195,6 +199,11 @@ def axis_effects(
     return effects
 
 
+def _pruned_at(tag: str | None) -> str | None:
+    stopped = Pruned.parse(tag)
+    return f"epoch {stopped.rung} ({stopped.value:.4f} < cut {stopped.cut:.4f})" if stopped else None
+
+
 def runs_table(runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = TIEBREAK) -> list[dict[str, Any]]:
     """One row per run, best first; runs that cannot be ranked (failed, no metric) last."""
     runs = list(runs)
@@ -202,6 +211,7 @@ def runs_table(runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = 
     unranked = sorted((r for r in runs if not _is_ranked(r, metric)), key=lambda r: r.start_time)
     with_test = any("test/mAP50-95" in r.metrics for r in runs)
     reused = any(r.reused_from for r in runs)
+    pruned = any(r.pruned for r in runs)
     rows = []
     for run in ranked + unranked:
         row: dict[str, Any] = {"run": run.run_id, "name": run.name, "status": run.status}
@@ -211,5 +221,7 @@ def runs_table(runs: Iterable[RunRecord], metric: str = METRIC, tiebreak: str = 
             row["test/mAP50-95"] = run.metrics.get("test/mAP50-95")
         if reused:
             row["reused from"] = f"session {run.reused_from}" if run.reused_from else None
+        if pruned:
+            row["pruned at"] = _pruned_at(run.pruned)
         rows.append(row)
     return rows

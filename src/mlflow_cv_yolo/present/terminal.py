@@ -45,7 +45,9 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
     decision = conclusion.decision
     if decision is None:
         return
-    columns = COLUMNS + tuple(c for c in ("test/mAP50-95", "reused from") if any(c in row for row in decision.table))
+    columns = COLUMNS + tuple(
+        c for c in ("test/mAP50-95", "reused from", "pruned at") if any(c in row for row in decision.table)
+    )
     widths = {c: max(len(c), *(len(_cell(row.get(c))) for row in decision.table)) for c in columns}
     yield "  ".join(c.ljust(widths[c]) for c in columns), {}
     for row in decision.table:
@@ -101,10 +103,18 @@ def reopen_line(kind: str, stack_dir: Path | None, fresh: bool) -> Line | None:
 
 
 def header_lines(
-    info: SessionInfo, stack: StackInfo, *, ready_in: str, state: str, ray: str | None, devices_line: str
+    info: SessionInfo,
+    stack: StackInfo,
+    *,
+    ready_in: str,
+    state: str,
+    ray: str | None,
+    devices_line: str,
+    data_source: tuple[str, bool] | None = None,
 ) -> list[str]:
     """The session's lines in pytest's header: the stack and its endpoints, the weights
-    (loud when not pretrained), the data and the devices."""
+    (loud when not pretrained), the data (its source in words, loud when synthetic:
+    `data_source` = (words, loud)) and the devices."""
     lines = [f"stack: {stack.kind} ({stack.reason})"]
     lines += [f"  {name}: {value}" for name, value in stack.endpoints.items()]
     lines += [f"  ready in: {ready_in}", f"  state: {state}"]
@@ -116,16 +126,22 @@ def header_lines(
     data = f"data: {info.data}"
     if info.dataset_md5:
         data += f" (DVC {info.dataset_md5}{', DIRTY: differs from dvc.lock' if info.dataset_dirty else ''})"
+    if data_source is not None:
+        words, loud = data_source
+        data += f" — {words}"
+        data = "!" * 8 + " " + data if loud else data
     lines += [data, devices_line]
     if info.amp_check:
         lines += [f"  AMP check: {info.amp_check}"]
     return lines
 
 
-def reuse_line(reusable: int, selected: int, *, workers: int) -> str:
-    """Once the tests are selected (after -k): how many of them a finished run answers."""
+def reuse_line(reusable: int, selected: int, *, workers: int, continued: int = 0) -> str:
+    """Once the tests are selected (after -k): how many of them a finished run answers,
+    and how many pruned runs are continued."""
     nothing = "; nothing to train: the tests run in this process, no worker started" if workers == 0 else ""
+    runs = f"; {continued} pruned run{'s' if continued != 1 else ''} continued" if continued else ""
     return (
         f"reuse: {reusable} of {selected} configurations have a finished run with the same key "
-        f"(--rerun trains them again){nothing}"
+        f"(--rerun trains them again){runs}{nothing}"
     )

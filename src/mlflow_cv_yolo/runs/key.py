@@ -7,11 +7,13 @@ What goes in (`components()`):
 - every resolved training argument: the grid point's values (model, optimizer,
   epochs, batch, imgsz, lr0, seed); the arguments fixed in `training.py` are covered
   by its hash below;
-- the starting weights: the sha256 of the `.pt` file used, or of the `.yaml` model
-  definition when it is a file; a bare name ultralytics ships (`yolov8n.yaml`) is the
-  name, its content being fixed by the ultralytics version;
+- the starting weights: the sha256 of the `.pt` file used (the project checkpoint
+  standing in for a missing yolov8n.pt too), or of the `.yaml` model definition when
+  it is a file; a bare name ultralytics ships (`yolov8n.yaml`) is the name, its
+  content being fixed by the ultralytics version;
 - the data: the DVC digest of the dataset where the session has one (the default
-  dataset, checked against dvc.lock); otherwise a hash of the data yaml's bytes, the
+  dataset, checked against dvc.lock; its source.json, hence the source it was built
+  from, is part of that digest); otherwise a hash of the data yaml's bytes, the
   bytes of every label file and the relative path and size of every image under the
   splits it names (images are not read: a dataset of many gigabytes is listed, not
   hashed; an image edited in place to the same size is not noticed);

@@ -15,3 +15,4 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]  # latest value of each metric
     reused_from: str | None = None  # the session that trained it, when this session reused it
+    pruned: str | None = None  # where --prune stopped it (tag suite.pruned): it did not reach the last epoch

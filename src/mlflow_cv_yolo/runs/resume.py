@@ -4,8 +4,9 @@ code, libraries and device kind) and its `last.pt` must still be somewhere: in t
 folder it trained in (tag `suite.train_dir`), or among its artifacts. ultralytics
 then continues from the epoch after the checkpoint's, into the same MLflow run.
 
-Which runs count as interrupted: KILLED ones, and FAILED ones that a crash of their
-worker or session ended (tag `suite.end_reason`, no Python traceback of their own).
+Which runs count as interrupted: KILLED ones, FAILED ones that a crash of their
+worker or session ended (tag `suite.end_reason`, no Python traceback of their own),
+and FINISHED ones that successive halving stopped at a rung (tag `suite.pruned`).
 A run that failed by an exception in training is not continued (it would fail
 again), nor one whose test failed after it finished. RUNNING runs are left alone: a
 session killed on this stack folder has its runs marked KILLED by the next one, and
@@ -23,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mlflow_cv_yolo.handoff import SessionInfo
-from mlflow_cv_yolo.runs import tracking
+from mlflow_cv_yolo.runs import pruner, tracking
 
 TAG_RESUMED = "resumed"
 TAG_TRAIN_DIR = "suite.train_dir"  # ultralytics' folder of the run: where its last.pt is
@@ -37,11 +38,12 @@ class Interrupted:
     session: str
     checkpoint: Path
     epoch: int  # epochs the checkpoint holds (1-based count)
+    pruned: str | None = None  # where --prune stopped it (its suite.pruned tag), if that is why it ended
 
 
 def _interrupted(run) -> bool:
     status, reason = run.info.status, run.data.tags.get(tracking.TAG_END, "")
-    if status == "KILLED":
+    if status == "KILLED" or (status == "FINISHED" and pruner.TAG_PRUNED in run.data.tags):
         return True
     return status == "FAILED" and bool(reason) and not reason.startswith("its test failed")
 
@@ -80,7 +82,8 @@ def find(client: MlflowClient, runs: list, *, epochs: int, workdir: Path) -> Int
         last = _checkpoint(client, run, workdir)
         done = _checkpoint_epochs(last) if last is not None else None
         if done is not None and 0 < done < epochs:
-            return Interrupted(run.info.run_id, run.data.tags.get(tracking.TAG_SESSION, ""), last, done)
+            session = run.data.tags.get(tracking.TAG_SESSION, "")
+            return Interrupted(run.info.run_id, session, last, done, run.data.tags.get(pruner.TAG_PRUNED))
     return None
 
 
@@ -90,9 +93,12 @@ def reopen(client: MlflowClient, found: Interrupted, info: SessionInfo) -> None:
     run = client.get_run(found.run_id)
     earlier = [s for s in run.data.tags.get(TAG_RESUMED_FROM, "").split(",") if s]
     client.update_run(found.run_id, status="RUNNING")
-    if tracking.TAG_END in run.data.tags:
-        client.delete_tag(found.run_id, tracking.TAG_END)
+    for tag in (tracking.TAG_END, pruner.TAG_PRUNED):  # it trains on: neither says why it ended any more
+        if tag in run.data.tags:
+            client.delete_tag(found.run_id, tag)
+    was_pruned = run.data.tags.get(pruner.TAG_PRUNED)
     tags = {
+        **({pruner.TAG_WAS_PRUNED: was_pruned} if was_pruned else {}),
         TAG_RESUMED: "true",
         TAG_RESUMED_FROM: ",".join([*earlier, found.session]),
         tracking.TAG_SESSION: info.session_id,

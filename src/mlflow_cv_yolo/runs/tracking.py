@@ -42,6 +42,7 @@ FINAL = ("mAP50-95", "mAP50", "precision", "recall")
 TAG_SESSION = "suite.session"
 TAG_KIND = "suite.kind"  # "grid" for a configuration's run, "session" for the parent
 TAG_TEST = "suite.test_id"
+TAG_PRUNED = "suite.pruned"  # where successive halving stopped a run (runs/pruner.py)
 TAG_END = "suite.end_reason"  # why a run ended other than FINISHED by its own code
 # The experiment's kind, which MLflow 3's UI otherwise guesses (GenAI when it
 # sees no training runs). 3.17's UI picks the page it opens by its own GenAI /
@@ -291,6 +292,7 @@ def _record(run) -> RunRecord:
         start_time=run.info.start_time,
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
+        pruned=run.data.tags.get(TAG_PRUNED),
     )
 
 

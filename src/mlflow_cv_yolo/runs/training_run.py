@@ -17,12 +17,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from mlflow_cv_yolo.handoff import SessionInfo
-from mlflow_cv_yolo.runs import tracking
+from mlflow_cv_yolo.runs import pruner, tracking
 from mlflow_cv_yolo.runs.key import TAG as TAG_KEY
 from mlflow_cv_yolo.runs.resume import TAG_RESUMED_AT, TAG_TRAIN_DIR
 from mlflow_cv_yolo.train import training
 from mlflow_cv_yolo.train.devices import Placement, slot
 from mlflow_cv_yolo.train.grid import RunConfig
+from mlflow_cv_yolo.train.pruning import Pruning
 
 # A run ultralytics ended before its last epoch (patience): the last epoch it trained, and why.
 TAG_LAST_EPOCH = "suite.last_epoch"
@@ -111,6 +112,7 @@ class TrainRequest:
     info: SessionInfo
     placement: Placement
     resume: str | None = None  # a last.pt to continue from, into the same run (see resume)
+    pruning: Pruning = Pruning()  # --prune: stop at a rung when the session's other runs do better
 
 
 def slots_folder(info: SessionInfo) -> Path:
@@ -133,6 +135,17 @@ def train_into_run(request: TrainRequest, *, data: Path | None = None) -> None:
             tags = [RunTag("amp.check", str(info.amp_check))] if place.kind == "cuda" else []
             if params or tags:
                 client.log_batch(run_id, params=params, tags=tags)
+            callbacks = recorder.callbacks
+            if request.pruning.on:  # its callbacks first: last.pt is made resumable again before its upload
+                prune = pruner.Pruner(
+                    client,
+                    run_id,
+                    experiment_id=info.experiment_id,
+                    session_id=info.session_id,
+                    pruning=request.pruning,
+                    epochs=request.config.epochs,
+                )
+                callbacks = pruner.chain(prune.callbacks, callbacks)
             with slot(slots_folder(info), place.slots), tracking.system_metrics(run_id, info.tracking_uri):
                 result = training.train(
                     request.config,
@@ -144,7 +157,7 @@ def train_into_run(request: TrainRequest, *, data: Path | None = None) -> None:
                     dataloader_workers=place.dataloader_workers,
                     amp=amp,
                     amp_checked=info.amp_check,
-                    callbacks=recorder.callbacks,
+                    callbacks=callbacks,
                     resume=Path(request.resume) if request.resume else None,
                 )
             tags = {"amp": str(result.amp).lower()}
@@ -189,8 +202,11 @@ def expected_epochs(epochs: int, tags: dict[str, str]) -> int:
 
 def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[str]:
     """What a finished experiment must show, read back from the server; [] if complete.
+    A pruned run (--prune) is complete up to the rung it stopped at.
     `run`: the run as just read (a search result), saving one call."""
     run = run or client.get_run(run_id)
+    stopped = pruner.pruned(run)
+    epochs = stopped.rung if stopped else epochs
     # Listed at the run's artifact location itself: `client.list_artifacts` asks for the
     # run again and, for a folder, also lists its logged models (4x the time).
     artifacts = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)

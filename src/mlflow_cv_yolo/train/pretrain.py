@@ -1,6 +1,8 @@
 """The project's own pretrained checkpoint: yolov8n trained from scratch on the
-synthetic set, so that the fine-tuning path (a `.pt` model, pretrained=true, the
-`min_map` gate) can be exercised where yolov8n.pt cannot be downloaded.
+synthetic pretraining set (data/synthetic, style `pretrain`), the weights a session
+starts from where yolov8n.pt cannot be downloaded (train/weights.py), and the start of
+the offline profile experiments/synthetic.yaml. Committed to git with its recipe
+(dvc.yaml stage `checkpoint`), so that nobody trains it unless its inputs change.
 
 The file keeps only what ultralytics needs to fine-tune from it (the model and the
 few arguments it reads back), without dates, absolute paths or optimizer state, so
