@@ -111,6 +111,7 @@ def _add_checkpoint(commands: argparse._SubParsersAction) -> None:
 
 def _ui(args: argparse.Namespace) -> int:
     from mlflow_cv_yolo.stack import ServiceError, make_stack
+    from mlflow_cv_yolo.stack.claim import StackInUse, claim, holder, in_use, serving
     from mlflow_cv_yolo.train import interrupts
 
     # SIGTERM too becomes a KeyboardInterrupt, so that `with stack` stops every
@@ -120,18 +121,32 @@ def _ui(args: argparse.Namespace) -> int:
     if args.stack in ("embedded", "local") and not stack.state_dir.is_dir():
         print(f"error: {stack.state_dir} does not exist: run the suite first", file=sys.stderr)
         return 1
+    where = f"the {args.stack} stack in {args.stack_dir}"
+    live = holder(stack.state_dir)
+    if live is not None:  # its server, read-only: starting ours would stop its services
+        url = serving(stack.state_dir, live)
+        if url is None:
+            print(f"error: {in_use(stack.state_dir, live)}, whose server is not up yet: try again", file=sys.stderr)
+            return 1
+        print(f"MLflow UI on {where}, served by {live.get('what')} (pid {live['pid']}): {url}", flush=True)
+        print("(read-only here: it stops when that process ends; `ui` then starts its own)", flush=True)
+        return 0
+    try:
+        held = claim(stack.state_dir, session=None, what="`ui` (python -m mlflow_cv_yolo ui)")
+    except StackInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         with stack as info:
-            print(
-                f"MLflow UI on the {args.stack} stack in {args.stack_dir}: {info.tracking_uri} (Ctrl-C stops it)",
-                flush=True,
-            )
+            print(f"MLflow UI on {where}: {info.tracking_uri} (Ctrl-C stops it)", flush=True)
             threading.Event().wait()
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
+    finally:
+        held.release()
     return 0
 
 

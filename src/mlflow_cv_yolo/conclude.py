@@ -109,7 +109,9 @@ def _decide(client, s: Settings, info: SessionInfo, ledger: Ledger, runs, interr
     """The decision, with the candidate's version registered (not yet the alias)."""
     if not s.promote:
         return promotion.skipped(info.session_id, runs, "--no-promote")
-    completeness = ledger.completeness({r.run_id: r.status for r in runs}, interrupted=interrupted)
+    completeness = ledger.completeness(
+        {r.run_id: r.status for r in runs}, interrupted=interrupted, by_test={r.name: r.status for r in runs}
+    )
     decision = promotion.decide(
         client,
         runs,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -45,6 +46,8 @@ def check_model(name: str) -> None:
     """A model file here, or one ultralytics can fetch or build: a typo must not surface
     only after the stack started and every run failed."""
     if Path(name).is_file():
+        if name.endswith(".pt"):
+            check_checkpoint(Path(name))
         return
     if name.endswith(".yaml"):
         from ultralytics.nn.tasks import yaml_model_load
@@ -63,6 +66,54 @@ def check_model(name: str) -> None:
     close = difflib.get_close_matches(Path(name).name, sorted(GITHUB_ASSETS_NAMES), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise InputError(f"model {name!r}: no such file here, and ultralytics releases no weights of that name{hint}")
+
+
+# What torch.save wrote before its zip format (1.6): a pickled magic number.
+LEGACY_TORCH_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+
+
+def check_checkpoint(path: Path) -> None:
+    """A .pt file must be a PyTorch checkpoint: a zip archive holding a data.pkl
+    (torch.save's format) or a legacy torch pickle. Read from its header and table of
+    contents only: unpickling it would run its code and take seconds."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(LEGACY_TORCH_MAGIC))
+        if head == LEGACY_TORCH_MAGIC:
+            return
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if any(entry.rsplit("/", 1)[-1] == "data.pkl" for entry in archive.namelist()):
+                    return
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InputError(f"model {str(path)!r}: cannot be read ({exc})") from None
+    raise InputError(
+        f"model {str(path)!r}: not a PyTorch checkpoint (neither torch.save's zip archive with a data.pkl "
+        "nor a legacy torch pickle): give YOLO weights (.pt) or a model definition (.yaml)"
+    )
+
+
+def check_output_folder(option: str, folder: Path) -> None:
+    """A folder the session will write (`option` names it): the folder, or the
+    nearest part of its path that exists, must be a writable folder. Found here, not
+    after the runs trained and the stack's decision began."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {folder}: {existing} is not writable (read-only or not this user's)")
+
+
+def check_output_folders(reports: Path, runs: Path, stack: Path | None) -> None:
+    """Every folder a session writes: --reports-dir, --runs-dir and (where the
+    session keeps its stack in a folder of its own) --stack-dir."""
+    check_output_folder("--reports-dir", reports)
+    check_output_folder("--runs-dir", runs)
+    if stack is not None:
+        check_output_folder("--stack-dir", stack)
 
 
 @dataclass(frozen=True)

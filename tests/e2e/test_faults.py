@@ -201,3 +201,40 @@ def test_a_stack_that_cannot_be_restarted_ends_the_session_within_a_minute(tmp_p
         reason = f"session {session} could not end its runs: {failure}; marked by session {session_of(second.stdout)}"
         assert (parent.info.status, parent.data.tags["suite.end_reason"]) == ("KILLED", reason)
     assert processes_of(tmp_path) == ""
+
+
+def test_a_worker_killed_mid_run_is_replaced_by_one_that_trains(tmp_path, data_yaml):
+    """kill -9 of an xdist worker while it trains: xdist starts gw2 of 2, which takes
+    the dead worker's place (devices.worker_slot) and trains what was queued for it;
+    only the killed test fails."""
+    proc = start_suite(
+        "--stack", "local", "-n", "2", "--data", str(data_yaml), *MICRO,
+        "--set", "seed=1,2,3,4", "--set", "epochs=2", "--no-promote", tmp_path=tmp_path,
+    )  # fmt: skip
+    output = Output(proc)
+    client = MlflowClient(tracking_url(output, proc))
+    session = wait_for(lambda: session_of(output.text) if "session: " in output.text else None, timeout=60, what="id")
+    wait_for(
+        lambda: (
+            any(r.info.status == "RUNNING" for n, r in session_runs(client, session).items() if n != "base")
+            and len(list((tmp_path / "runs").rglob("results.csv"))) > 0
+        ),
+        timeout=600,
+        what="a run training",
+        proc=proc,
+        output=output,
+        interval=1,
+    )
+    workers = [p for p in psutil.Process(proc.pid).children() if os.getpgid(p.pid) == os.getpgid(proc.pid)]
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGKILL)
+    proc.wait(timeout=900)
+    text = output.wait_closed(30)
+    assert proc.returncode == 1, text[-4000:]  # the killed test failed; nothing else did
+    assert "worker 2 of 2" not in text and "ValueError" not in text, text[-4000:]
+    assert re.search(r"\b1 failed, 3 passed\b", text), text[-3000:]
+    with LocalStack(tmp_path / "stack", log=lambda _: None) as info:  # the session stopped its own
+        client = MlflowClient(info.tracking_uri)
+        runs = {n: r for n, r in session_runs(client, session).items() if n.startswith("seed")}
+        statuses = sorted(r.info.status for r in runs.values())
+        assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"], statuses

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
 import uuid
 
 import pytest
 import yaml
-from helpers import MICRO, REPO, run_suite
+from helpers import MICRO, REPO, run_suite, session_runs
 from mlflow.tracking import MlflowClient
 
+from mlflow_cv_yolo.runs.training_run import check_run
 from mlflow_cv_yolo.train import weights
 
 CHECKPOINT = REPO / "data" / "weights" / "yolov8n-synthetic.pt"
@@ -95,3 +99,38 @@ def test_fine_tuned_checkpoint_is_gated_by_min_map_both_ways(checkpoint, local_s
     )
     assert line in fails.stdout.splitlines()
     assert [v.version for v in client.search_model_versions(f"name = '{model}'")] == [version.version]
+
+
+def synthetic_set(folder) -> str:
+    """A small set in the style of the one the checkpoint was trained on (params.yaml's
+    checkpoint section), where the checkpoint scores above zero from the first epoch."""
+    p = yaml.safe_load((REPO / "params.yaml").read_text())["checkpoint"]
+    out, data = folder / "synthetic", folder / "synthetic.yaml"
+    command = [sys.executable, "-m", "mlflow_cv_yolo", "dataset", "build", "--source", "synthetic"]
+    command += ["--style", p["style"], "--train", "40", "--val", "16", "--test", "8"]
+    command += ["--imgsz", str(p["data_imgsz"]), "--seed", str(p["seed"]), "--out", str(out), "--yaml", str(data)]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    return str(data)
+
+
+def test_a_run_that_ultralytics_stops_early_finishes(checkpoint, local_stack, tmp_path):
+    """patience=1: fine-tuning the checkpoint on its own data stops once an epoch does
+    not improve on the best; the run is FINISHED, tagged with its last epoch and why,
+    and its check expects the epochs that ran."""
+    env = {"MLFLOW_TRACKING_URI": local_stack.tracking_uri}
+    imgsz = yaml.safe_load((REPO / "params.yaml").read_text())["checkpoint"]["imgsz"]
+    args = ("--data", synthetic_set(tmp_path), "--model", str(checkpoint), *MICRO, "--set", f"imgsz={imgsz}")
+    args += ("--set", "epochs=6")
+    result = run_suite(*args, "--set", "patience=1", "--no-promote", env=env, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(local_stack.tracking_uri)
+    (run,) = [r for r in session_runs(client, session_of(result)).values() if r.data.tags["suite.kind"] == "grid"]
+    assert run.info.status == "FINISHED"
+    last = int(run.data.tags["suite.last_epoch"])
+    assert 1 < last < 6, run.data.tags
+    assert re.fullmatch(
+        r"no improvement for 1 epoch \(patience 1\); best epoch \d", run.data.tags["suite.stopped_early"]
+    )
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "mAP50-95")]
+    assert sorted(steps) == list(range(1, last + 1))
+    assert check_run(client, run.info.run_id, 6) == []

@@ -3,6 +3,7 @@ starts: exit 4, and nothing written (no stack folder, no report, no run)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -58,7 +59,7 @@ GRID = "model: yolov8n.yaml\noptimizer: SGD\nepochs: 1\nbatch: 8\nimgsz: 64\nlr0
         (
             {"colour": "red"},
             "grid file {grid}: unknown key 'colour' (allowed: model, optimizer, epochs, batch, imgsz, "
-            "lr0, seed, amp, gate)",
+            "lr0, seed, amp, patience, gate)",
         ),
         ({"epochs": "[1, two]"}, "epochs=two: must be an integer"),
         (
@@ -112,6 +113,42 @@ def test_unknown_model_is_refused_before_the_stack(tmp_path):
         "ERROR: model 'yolov8nn.pt': no such file here, and ultralytics releases no weights of that name "
         "(did you mean yolov8n.pt?)"
     ]
+
+
+def test_a_model_file_that_is_not_a_checkpoint(tmp_path):
+    model = tmp_path / "x.pt"
+    model.write_bytes(os.urandom(4096))
+    assert refused(tmp_path, "--model", str(model)) == [
+        f"ERROR: model {str(model)!r}: not a PyTorch checkpoint (neither torch.save's zip archive with a data.pkl "
+        "nor a legacy torch pickle): give YOLO weights (.pt) or a model definition (.yaml)"
+    ]
+
+
+@pytest.mark.parametrize("option", ["--reports-dir", "--runs-dir", "--stack-dir"])
+def test_an_output_folder_that_cannot_be_written(tmp_path, option):
+    """Found before the stack starts, not when the decision writes its report."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    assert refused(tmp_path, option, str(blocker / "out")) == [
+        f"ERROR: {option} {blocker / 'out'}: {blocker} is a file, not a folder"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder: no refusal to see")
+def test_a_read_only_reports_folder(tmp_path):
+    reports = tmp_path / "read-only"
+    reports.mkdir(mode=0o555)
+    assert refused(tmp_path, "--reports-dir", str(reports)) == [
+        f"ERROR: --reports-dir {reports}: {reports} is not writable (read-only or not this user's)"
+    ]
+
+
+def test_a_selection_of_no_configuration_starts_nothing(tmp_path):
+    """-k that matches no grid id: pytest's status for no tests (5), one line, nothing started."""
+    result = run_suite("--stack", "local", *MICRO, "-n", "2", "-k", "imgsz999", tmp_path=tmp_path, timeout=300)
+    assert result.returncode == 5, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.splitlines() == ["Exit: no configuration selected (-k, -m, node ids or --deselect left none)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_tracking_uri_that_is_not_a_url(tmp_path):

@@ -46,12 +46,18 @@ def test_partial_grid_is_decided_over_and_says_so(tmp_path, client, stack_env, d
         "seed=1,2",
         "-k",
         "seed1",
+        "-n",
+        "2",
         "--registered-model",
         model,
         env=stack_env,
         tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:]
+    # One selected test: one worker started, not the two -n asked for.
+    (devices,) = [line for line in result.stdout.splitlines() if line.startswith("devices: ")]
+    assert " — 1 worker of -n 2 (one a selected test at most), " in devices, devices
+    assert "created: 1/1 worker" in result.stdout or "1 worker [1 item]" in result.stdout, result.stdout[:3000]
     record = json.loads((tmp_path / "reports" / session_of(result.stdout) / "decision.json").read_text())
     assert (record["outcome"], record["scope"]) == ("promoted", "partial grid: 1 of 2 configurations")
     assert "partial grid: 1 of 2 configurations" in result.stdout.splitlines()

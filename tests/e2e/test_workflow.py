@@ -21,7 +21,11 @@ def test_workflow_runs_the_gate_with_the_secrets_and_uploads_the_report():
     index = "--extra-index-url https://download.pytorch.org/whl/cpu"
     assert f'pip install -c requirements/constraints.txt {index} -e ".[ray,test]"' in runs
     tests = next(step for step in steps if step.get("run", "").startswith("pytest tests"))
-    assert tests["env"] == {"CV_YOLO_REQUIRE_DOCKER": "1", "CV_YOLO_CHROMIUM": "/usr/bin/google-chrome"}
+    assert tests["env"] == {
+        "CV_YOLO_REQUIRE_DOCKER": "1",
+        "CV_YOLO_CHROMIUM": "/usr/bin/google-chrome",
+        "CV_YOLO_REQUIRE_CHROMIUM": "1",
+    }
     gate = next(step for step in steps if "scripts/gate.sh" in step.get("run", ""))
     assert gate["env"] == {
         name: f"${{{{ secrets.{name} }}}}"
@@ -33,6 +37,7 @@ def test_workflow_runs_the_gate_with_the_secrets_and_uploads_the_report():
     assert True in flow and set(flow[True]) >= {"push", "pull_request"}  # YAML 1.1 reads `on:` as True
     ci = (REPO / ".ci" / "run").read_text()
     assert "bash scripts/gate.sh" in ci and "CV_YOLO_REQUIRE_DOCKER=1 python -m pytest tests" in ci
+    assert ci.index("export CV_YOLO_REQUIRE_CHROMIUM=1") < ci.index("python -m pytest tests -n 2")
 
 
 def test_ci_and_the_workflow_run_the_readme_test_command():
@@ -108,3 +113,25 @@ def test_docker_tests_fail_instead_of_skipping_where_ci_declares_an_engine(tmp_p
     )
     assert required.returncode == 1 and "2 errors" in required.stdout, required.stdout[-2000:]
     assert "CV_YOLO_REQUIRE_DOCKER=1 (CI declares a Docker engine) but no Docker engine answers" in required.stdout
+
+
+def test_browser_tests_skip_without_chromium_and_fail_where_ci_requires_it(tmp_path):
+    """Where no Chromium is found: a skip with the reason and the install line; with
+    CV_YOLO_REQUIRE_CHROMIUM=1 (CI, which installs it), a failure."""
+    missing = {"CV_YOLO_CHROMIUM": str(tmp_path / "no-chromium")}
+    command = [sys.executable, "-m", "pytest", "tests/e2e/test_report_browser.py", "-p", "no:cacheprovider", "-q"]
+    command += ["-rsE"]
+    reason = (
+        f"CV_YOLO_CHROMIUM={tmp_path / 'no-chromium'} is not an executable: `apt-get install -y chromium` "
+        "(or set CV_YOLO_CHROMIUM to a Chromium binary)"
+    )
+    skipped = subprocess.run(
+        command, cwd=REPO, env=suite_env({**missing, "CV_YOLO_REQUIRE_CHROMIUM": ""}), capture_output=True, text=True
+    )
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout[-2000:]
+    assert f"SKIPPED [1] tests/e2e/test_report_browser.py:11: {reason}" in skipped.stdout
+    required = subprocess.run(
+        command, cwd=REPO, env=suite_env({**missing, "CV_YOLO_REQUIRE_CHROMIUM": "1"}), capture_output=True, text=True
+    )
+    assert required.returncode == 1 and "1 error" in required.stdout, required.stdout[-2000:]
+    assert f"CV_YOLO_REQUIRE_CHROMIUM=1 (CI installs Chromium) but {reason}" in required.stdout

@@ -3,6 +3,9 @@ fed any machine), training slots (real locks, real threads) and AMP's check offl
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -142,6 +145,31 @@ def test_placement_refuses_a_worker_outside_the_count():
         place(2, 2, ("cpu",), 2)
 
 
+def test_a_replacement_worker_takes_the_dead_workers_place(tmp_path):
+    """xdist replaces a killed gw1 of 2 with gw2 of 2: it gets place 1 (the dead
+    worker's device and cores), not 2 (out of range) nor 0 (gw0's, still alive)."""
+    folder = tmp_path / "workers"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from mlflow_cv_yolo.train import devices\n"
+        "with devices.worker_slot(Path(sys.argv[1]), 2, 1) as i:\n"
+        "    print(i, flush=True); time.sleep(60)\n"
+    )
+    with devices.worker_slot(folder, 2, devices.worker_id("gw0")) as first:
+        gw1 = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert gw1.stdout.readline() == "1\n"
+            with devices.worker_slot(folder, 2, 2) as while_alive:  # both held: shares by ordinal
+                assert while_alive == 0
+        finally:
+            gw1.send_signal(signal.SIGKILL)
+            gw1.wait(10)
+        with devices.worker_slot(folder, 2, devices.worker_id("gw2")) as replacement:
+            assert (first, replacement) == (0, 1)
+            assert place(replacement, 2, ("cuda:0 A", "cuda:1 B"), 16).label == "cuda:1 B"
+
+
 def test_the_header_line_says_what_was_found_and_how_runs_are_placed():
     assert describe("auto", LINUX_CPU, ("cpu",), 2, 2) == (
         "devices: cpu (auto: no CUDA, no mps) — 2 workers, 1 thread each, 2 training slots on 2 cores"
@@ -149,6 +177,10 @@ def test_the_header_line_says_what_was_found_and_how_runs_are_placed():
     assert describe("auto", LINUX_CPU, ("cpu",), 2, 2, workers_asked=4) == (
         "devices: cpu (auto: no CUDA, no mps) — 2 workers of -n 4 (one a core: the others would wait for a core), "
         "1 thread each, 2 training slots on 2 cores"
+    )
+    assert describe("auto", LINUX_CPU, ("cpu",), 1, 2, workers_asked=2) == (
+        "devices: cpu (auto: no CUDA, no mps) — 1 worker of -n 2 (one a selected test at most), "
+        "2 threads each, 1 training slot on 2 cores"
     )
     assert describe("cpu", gpus(1), ("cpu",), 1, 2) == (
         "devices: cpu (--device cpu; found 1 CUDA GPU, no mps) — 1 worker, 2 threads each, 1 training slot on 2 cores"

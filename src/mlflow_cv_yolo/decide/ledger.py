@@ -71,18 +71,28 @@ class Ledger:
         """Run id -> the session that trained it, for the runs the tests reused."""
         return {t.run_id: t.reused_from for t in self.tests.values() if t.reused_from and t.run_id}
 
-    def completeness(self, statuses: dict[str, str], *, interrupted: bool) -> Completeness:
-        """`statuses`: each run's MLflow status, by run id. A test whose run --prune
-        stopped counts as finished: its configuration got the epochs it earned."""
-        tests = [self.tests.get(t, TestRecord()) for t in self.selected]
-        finished = sum(1 for t in tests if t.complete and statuses.get(t.run_id) == "FINISHED")
-        failed = sum(1 for t in tests if t.failed or (t.complete and statuses.get(t.run_id) != "FINISHED"))
+    def completeness(
+        self, statuses: dict[str, str], *, interrupted: bool, by_test: dict[str, str] | None = None
+    ) -> Completeness:
+        """`statuses`: each run's MLflow status, by run id; `by_test`: by test id, for a
+        test interrupted before it reported its run. A test whose run --prune stopped
+        counts as finished: its configuration got the epochs it earned."""
+        tests = {t: self.tests.get(t, TestRecord()) for t in self.selected}
+        finished = sum(1 for t in tests.values() if t.complete and statuses.get(t.run_id) == "FINISHED")
+        failed = sum(1 for t in tests.values() if t.failed or (t.complete and statuses.get(t.run_id) != "FINISHED"))
+        killed = sum(
+            1
+            for name, t in tests.items()
+            if not t.failed and not t.complete
+            and (statuses.get(t.run_id) if t.run_id else (by_test or {}).get(name)) == "KILLED"
+        )  # fmt: skip
         return Completeness(
             selected=len(self.selected),
             grid=self.grid_size,
             finished=finished,
             failed=failed,
             interrupted=interrupted,
+            killed=killed,
         )
 
     def counts(self) -> str:

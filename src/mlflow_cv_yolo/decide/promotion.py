@@ -51,10 +51,11 @@ class Completeness:
     finished: int  # selected tests that passed, with their run FINISHED
     failed: int  # selected tests that failed or crashed
     interrupted: bool  # Ctrl-C, SIGTERM, or a stack that could not be kept up
+    killed: int = 0  # selected tests whose run an interruption ended (KILLED) mid-training
 
     @property
     def not_run(self) -> int:
-        return self.selected - self.finished - self.failed
+        return self.selected - self.finished - self.failed - self.killed
 
     @property
     def complete(self) -> bool:
@@ -63,7 +64,8 @@ class Completeness:
     @property
     def note(self) -> str:
         parts = [f"{self.finished} of {self.selected} runs finished"]
-        parts += [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.not_run, "not run")) if n]
+        counts = ((self.failed, "failed"), (self.killed, "killed"), (self.not_run, "not run"))
+        parts += [f"{n} {what}" for n, what in counts if n]
         return "; ".join(parts + (["interrupted"] if self.interrupted else []))
 
     @property

@@ -5,6 +5,7 @@ Lines with pytest's markup ({"red": True, ...}); the plugin writes them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from mlflow_cv_yolo.decide.conclusion import STACK_FAILED, Conclusion
 from mlflow_cv_yolo.decide.promotion import failure_line
@@ -84,6 +85,21 @@ def lines(conclusion: Conclusion) -> Iterator[Line]:
     yield f"report: {conclusion.report}", {}
     for name, url in conclusion.links.items():
         yield f"mlflow {name}: {url}", {}
+
+
+# Stacks whose MLflow server stops with the session and that `ui` reopens from their folder.
+REOPENABLE = ("local", "embedded", "docker")
+
+
+def reopen_line(kind: str, stack_dir: Path | None, fresh: bool) -> Line | None:
+    """Under the links: their server stops with the session; how to get it back.
+    None for an external server, which outlives the session."""
+    if kind not in REOPENABLE or stack_dir is None:
+        return None
+    if fresh:
+        return "the links die with this session's throwaway stack (--fresh-stack keeps nothing)", {}
+    command = f"python -m mlflow_cv_yolo ui --stack {kind} --stack-dir {stack_dir}"
+    return f"mlflow stops with this session: `{command}` (or `cv-yolo ui ...`) reopens these links", {}
 
 
 def header_lines(

@@ -25,6 +25,10 @@ from mlflow_cv_yolo.train.devices import Placement, slot
 from mlflow_cv_yolo.train.grid import RunConfig
 from mlflow_cv_yolo.train.pruning import Pruning
 
+# A run ultralytics ended before its last epoch (patience): the last epoch it trained, and why.
+TAG_LAST_EPOCH = "suite.last_epoch"
+TAG_STOPPED_EARLY = "suite.stopped_early"
+
 REQUIRED_ARTIFACTS = (
     "results.csv",
     "args.yaml",
@@ -159,6 +163,7 @@ def train_into_run(request: TrainRequest, *, data: Path | None = None) -> None:
             tags = {"amp": str(result.amp).lower()}
             if request.resume:  # the epoch ultralytics continued at, as its trainer says
                 tags[TAG_RESUMED_AT] = str(result.start_epoch + 1)
+            tags.update(early_stop_tags(result))
             peak = {} if result.peak_gpu_memory_mb is None else {"peak_gpu_memory_MiB": result.peak_gpu_memory_mb}
             recorder.finish(result, metrics=peak, tags=tags)
     except KeyboardInterrupt:
@@ -181,6 +186,20 @@ def example_image(data_yaml: Path) -> Path:
     return min(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
 
+def early_stop_tags(result: training.TrainResult) -> dict[str, str]:
+    """An early stop is a normal end: said on the run, so that its check expects the
+    epochs that ran."""
+    if result.stopped_early is None:
+        return {}
+    return {TAG_LAST_EPOCH: str(result.last_epoch), TAG_STOPPED_EARLY: result.stopped_early}
+
+
+def expected_epochs(epochs: int, tags: dict[str, str]) -> int:
+    """The epochs a run must have logged: `epochs`, or fewer where it stopped early."""
+    last = tags.get(TAG_LAST_EPOCH)
+    return int(last) if last and last.isdigit() and 0 < int(last) <= epochs else epochs
+
+
 def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[str]:
     """What a finished experiment must show, read back from the server; [] if complete.
     A pruned run (--prune) is complete up to the rung it stopped at.
@@ -197,8 +216,10 @@ def check_run(client: MlflowClient, run_id: str, epochs: int, run=None) -> list[
         steps = sorted(m.step for m in history.result())
         present = {a.path for listing in listings for a in listing.result()}
     problems = []
-    if steps != list(range(1, epochs + 1)):
-        problems.append(f"mAP50-95 logged at epochs {steps}, expected 1..{epochs}")
+    ran = expected_epochs(epochs, run.data.tags)
+    if steps != list(range(1, ran + 1)):
+        stopped = f" (stopped early: {run.data.tags.get(TAG_STOPPED_EARLY)})" if ran < epochs else ""
+        problems.append(f"mAP50-95 logged at epochs {steps}, expected 1..{ran}{stopped}")
     if run.info.status != "FINISHED":
         problems.append(f"status {run.info.status}, expected FINISHED")
     metrics = run.data.metrics

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import pymysql
 
+from .claim import forget_serving, record_serving
 from .mlflow_server import MLflowServer
 from .mysql import MySQLEndpoint
 from .process import ServiceError
@@ -164,10 +165,13 @@ class Stack:
 
     def start(self, reason: str = "") -> StackInfo:
         try:
-            return self._start(reason)
+            info = self._start(reason)
         except BaseException:
             self.stop()
             raise
+        if self.state_dir.is_dir():  # a stack that keeps a folder (not an external server)
+            record_serving(self.state_dir, info.tracking_uri)
+        return info
 
     def _start(self, reason: str) -> StackInfo:
         raise NotImplementedError
@@ -176,6 +180,7 @@ class Stack:
         """Every service at once: none needs another to stop, and one after another
         they took the sum of their stops (MLflow's `mlflow server` leader alone takes
         about 2 s to exit after its uvicorn)."""
+        forget_serving(self.state_dir)
         services, self._started = self._started, []
 
         def stop_one(service) -> str | None:

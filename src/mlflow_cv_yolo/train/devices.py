@@ -3,8 +3,9 @@
 
 Everything here is plain logic over plain values (the CUDA device names, whether
 mps is there, the core count), so tests feed it any machine; `probe()` is the one
-call that asks torch. `slot()` is the one thing with an effect: on a CPU-only
-machine, runs beyond the training slots wait for one."""
+call that asks torch. `slot()` and `worker_slot()` are the things with an effect: on
+a CPU-only machine, runs beyond the training slots wait for one; each worker holds
+its place among the session's workers for its life."""
 
 from __future__ import annotations
 
@@ -172,7 +173,9 @@ def describe(
         each += f" and {first.dataloader_workers} dataloader worker{'s' if first.dataloader_workers != 1 else ''}"
     runs = f"{workers} worker{'s' if workers != 1 else ''}"
     if workers_asked and workers_asked != workers:
-        runs += f" of -n {workers_asked} (one a core: the others would wait for a core)"
+        one_a_core = first.kind == CPU and workers == min(workers_asked, cpus)
+        fewer = "one a core: the others would wait for a core" if one_a_core else "one a selected test at most"
+        runs += f" of -n {workers_asked} ({fewer})"
     runs += f", {each} each"
     if first.kind == CPU:
         slots = min(first.slots, workers)
@@ -181,6 +184,37 @@ def describe(
         per = [sum(1 for w in range(workers) if w % len(devices) == d) for d in range(len(devices))]
         runs += ", runs per device: " + ", ".join(f"{d.split()[0]} {n}" for d, n in zip(devices, per, strict=True))
     return f"devices: {', '.join(devices)} ({why}) — {runs}"
+
+
+def worker_id(workerid: str) -> int:
+    """xdist's `gw<k>` -> k (its ordinal: a replacement for a dead worker counts on)."""
+    return int(workerid.removeprefix("gw"))
+
+
+@contextlib.contextmanager
+def worker_slot(folder: Path, workers: int, ordinal: int) -> Iterator[int]:
+    """Hold this worker's place (0..workers-1, what `place` takes) for its life: its
+    ordinal where that place is free, else the lowest free one. xdist replaces a dead
+    worker with a new ordinal (gw2 of 2): the lowest free place is exactly the dead
+    worker's, with its device and cores (ordinal mod count could land on a live
+    worker's). The locks are flocks: a killed worker's place is free again at once."""
+    from filelock import FileLock, Timeout  # torch's own dependency
+
+    folder.mkdir(parents=True, exist_ok=True)
+    order = ([ordinal] if 0 <= ordinal < workers else []) + [i for i in range(workers) if i != ordinal]
+    for index in order:
+        lock = FileLock(str(folder / f"worker-{index}.lock"), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        try:
+            yield index
+        finally:
+            lock.release()
+        return
+    # Every place held (a worker outliving its replacement's start): share by ordinal.
+    yield ordinal % workers
 
 
 @contextlib.contextmanager

@@ -30,6 +30,13 @@ def _int(key: str, value: Any) -> int:
     return number
 
 
+def _patience(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number < 0:
+        raise GridError(f"{key}={value}: must be an integer >= 0 (0: never stop early)")
+    return number
+
+
 def _imgsz(key: str, value: Any) -> int:
     number = _int(key, value)
     if number < 32 or number % 32:
@@ -89,11 +96,12 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "lr0": _lr,
     "seed": _seed,
     "amp": _bool,  # mixed precision on CUDA (ignored elsewhere)
+    "patience": _patience,  # epochs without improvement before ultralytics stops early
 }
 # Keys a grid may leave out; a run without one uses the default and does not record it.
-OPTIONAL = {"amp": True}
+OPTIONAL = {"amp": True, "patience": 100}
 # Axes in the order they appear in a run id; fixed keys never appear there.
-ID_ORDER = ("model", "optimizer", "epochs", "batch", "imgsz", "lr0", "amp", "seed")
+ID_ORDER = ("model", "optimizer", "epochs", "batch", "imgsz", "lr0", "amp", "patience", "seed")
 # lr0=0.01 reads "lr0.01" in an id, not "lr00.01".
 ID_PREFIX = {"lr0": "lr"}
 

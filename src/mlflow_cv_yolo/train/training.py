@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_cv_yolo.train import interrupts
-from mlflow_cv_yolo.train.grid import RunConfig
+from mlflow_cv_yolo.train.grid import OPTIONAL, RunConfig
 
 # Artifacts ultralytics writes into save_dir with plots=True; the curves are
 # prefixed "Box" for detection.
@@ -38,6 +38,26 @@ class TrainResult:
     amp: bool = False  # mixed precision, as the trainer used it
     peak_gpu_memory_mb: float | None = None  # torch's peak allocation on the run's CUDA device
     start_epoch: int = 0  # the first epoch trained (0-based): > 0 when resumed
+    last_epoch: int = 0  # the last epoch trained (1-based): below `epochs` when stopped early
+    stopped_early: str | None = None  # why training ended before `epochs`, in words
+
+
+def stop_reason(trainer) -> str | None:
+    """Why ultralytics ended training before its last epoch (patience, its `time`
+    limit), or None where it ran every epoch."""
+    last = trainer.epoch + 1
+    if last >= trainer.epochs:
+        return None
+    stopper = trainer.stopper
+    if stopper.patience and last - stopper.best_epoch >= stopper.patience:
+        idle = last - stopper.best_epoch
+        return (
+            f"no improvement for {idle} epoch{'s' if idle != 1 else ''} (patience {stopper.patience}); "
+            f"best epoch {stopper.best_epoch}"
+        )
+    if trainer.args.time:
+        return f"time limit of {trainer.args.time} h reached"
+    return "stopped by the trainer"
 
 
 # The weights ultralytics' AMP check loads (and downloads when they are missing).
@@ -151,6 +171,7 @@ def train(
             device=device,
             workers=dataloader_workers,
             amp=amp and cuda,
+            patience=run.values.get("patience", OPTIONAL["patience"]),
             plots=True,
             verbose=verbose,
             **(
@@ -171,6 +192,8 @@ def train(
         amp=bool(trainer.amp),
         peak_gpu_memory_mb=peak,
         start_epoch=trainer.start_epoch,
+        last_epoch=trainer.epoch + 1,
+        stopped_early=stop_reason(trainer),
     )
 
 
