@@ -322,10 +322,13 @@ def test_gate_fails_and_registers_nothing(grid_session, stack_env, data_yaml, tm
         env=stack_env,
         tmp_path=tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stdout[-3000:]
     assert cpu_line("cpu", 1) in result.stdout.splitlines()
     assert "1 passed" in result.stdout
-    assert "promotion gate FAILED: best mAP50-95 (val) = 0.0000, needs >= 0.9000 (short by 0.9000)" in result.stdout
+    record = json.loads((tmp_path / "reports" / session_of(result.stdout) / "decision.json").read_text())
+    value = next(c["value"] for c in record["criteria"] if c["name"] == "best mAP50-95 (val)")
+    line = f"promotion gate FAILED: best mAP50-95 (val) = {value:.4f}, needs >= 0.9000 (short by {0.9 - value:.4f})"
+    assert line in result.stdout.splitlines()
     assert len(client.search_model_versions(f"name = '{model}'")) == len(before)
 
 
