@@ -38,12 +38,22 @@ from mlflow_cv_yolo.train.grid import RunConfig
 
 
 class Session:
-    def __init__(self, settings: Settings, grid: list[RunConfig], log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        settings: Settings,
+        grid: list[RunConfig],
+        log: Callable[[str], None] = print,
+        *,
+        selected: int | None = None,
+    ):
+        """`selected`: how many of the grid's tests -k, -m or node ids leave (all by default)."""
         self.settings = settings
         self.grid = grid
         self.log = log
         self.session_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        self.startup = Startup(settings, grid, self.session_id, log=log, on_stack_failure=self._stack_failed)
+        self.startup = Startup(
+            settings, grid, self.session_id, log=log, on_stack_failure=self._stack_failed, selected=selected
+        )
         self.ledger = Ledger(len(grid))
         self.info: SessionInfo | None = None
         self.stack_failure: str | None = None

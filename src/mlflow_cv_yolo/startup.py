@@ -51,9 +51,11 @@ class Startup:
         *,
         log: Callable[[str], None],
         on_stack_failure: Callable[[str], None],
+        selected: int | None = None,
     ):
         self.settings = settings
         self.grid = grid
+        self.selected = len(grid) if selected is None else selected  # tests left after -k, -m, node ids
         self.session_id = session_id
         self.log = log
         self.on_stack_failure = on_stack_failure
@@ -177,6 +179,8 @@ class Startup:
     def _check_inputs(self, kind: str):
         """Everything that can be refused before a process starts or a file is written."""
         s = self.settings
+        stack_dir = None if s.fresh_stack or s.stack == "external" else s.stack_dir
+        preflight.check_output_folders(s.reports_dir, s.runs_dir, stack_dir)
         self.found = devices.probe()
         try:
             self.devices = devices.select(s.device, self.found)
@@ -185,6 +189,7 @@ class Startup:
         ray_cluster.check_settings(s.executor)
         if s.executor.kind == "local":  # Ray places its tasks itself: every worker only waits on one
             self.workers = devices.workers_to_start(s.workers, self.devices, devices.cpu_count())
+        self.workers = min(self.workers, self.selected)  # a worker beyond the selected tests would only wait
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if kind == "external":
             if not uri:
