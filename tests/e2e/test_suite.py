@@ -327,8 +327,12 @@ def test_gate_fails_and_registers_nothing(grid_session, stack_env, data_yaml, tm
     assert "1 passed" in result.stdout
     record = json.loads((tmp_path / "reports" / session_of(result.stdout) / "decision.json").read_text())
     value = next(c["value"] for c in record["criteria"] if c["name"] == "best mAP50-95 (val)")
-    line = f"promotion gate FAILED: best mAP50-95 (val) = {value:.4f}, needs >= 0.9000 (short by {0.9 - value:.4f})"
-    assert line in result.stdout.splitlines()
+    # The threshold's part first; a champion the challenger does not beat adds its own after "; ".
+    (line,) = [s for s in result.stdout.splitlines() if s.startswith("promotion gate FAILED: ")]
+    parts = line.removeprefix("promotion gate FAILED: ").split("; ")
+    assert parts[0] == f"best mAP50-95 (val) = {value:.4f}, needs >= 0.9000 (short by {0.9 - value:.4f})"
+    failed = [c["name"] for c in record["criteria"] if not c["passed"]]
+    assert [part.split(" = ")[0].split(": ")[0] for part in parts] == failed
     assert len(client.search_model_versions(f"name = '{model}'")) == len(before)
 
 
