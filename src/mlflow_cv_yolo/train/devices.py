@@ -198,12 +198,21 @@ def worker_slot(folder: Path, workers: int, ordinal: int) -> Iterator[int]:
     worker with a new ordinal (gw2 of 2): the lowest free place is exactly the dead
     worker's, with its device and cores (ordinal mod count could land on a live
     worker's). The locks are flocks: a killed worker's place is free again at once."""
-    from filelock import FileLock, Timeout  # torch's own dependency
-
     folder.mkdir(parents=True, exist_ok=True)
     order = ([ordinal] if 0 <= ordinal < workers else []) + [i for i in range(workers) if i != ordinal]
-    for index in order:
-        lock = FileLock(str(folder / f"worker-{index}.lock"), thread_local=False)
+    with _first_free([folder / f"worker-{index}.lock" for index in order]) as held:
+        # Every place held (a worker outliving its replacement's start): share by ordinal.
+        yield order[held] if held is not None else ordinal % workers
+
+
+@contextlib.contextmanager
+def _first_free(paths: list[Path]) -> Iterator[int | None]:
+    """Hold the first free of the flocks at `paths` and yield its index; None when
+    every one is held."""
+    from filelock import FileLock, Timeout  # torch's own dependency
+
+    for index, path in enumerate(paths):
+        lock = FileLock(str(path), thread_local=False)
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -213,8 +222,7 @@ def worker_slot(folder: Path, workers: int, ordinal: int) -> Iterator[int]:
         finally:
             lock.release()
         return
-    # Every place held (a worker outliving its replacement's start): share by ordinal.
-    yield ordinal % workers
+    yield None
 
 
 @contextlib.contextmanager
@@ -226,19 +234,11 @@ def slot(folder: Path, count: int, *, poll: float = 0.2) -> Iterator[int | None]
     if count <= 0:
         yield None
         return
-    from filelock import FileLock, Timeout  # torch's own dependency
-
     folder.mkdir(parents=True, exist_ok=True)
-    locks = [FileLock(str(folder / f"slot-{i}.lock"), thread_local=False) for i in range(count)]
+    paths = [folder / f"slot-{i}.lock" for i in range(count)]
     while True:
-        for index, lock in enumerate(locks):
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            try:
+        with _first_free(paths) as index:
+            if index is not None:
                 yield index
-            finally:
-                lock.release()
-            return
+                return
         time.sleep(poll)  # interruptible: Ctrl-C while waiting stops the wait

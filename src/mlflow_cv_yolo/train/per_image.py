@@ -121,7 +121,7 @@ def evaluate_per_image(
     """`training.evaluate`'s figures and the per-image records of the same evaluation."""
     from ultralytics import YOLO
 
-    from mlflow_cv_yolo.train.training import evaluation_device
+    from mlflow_cv_yolo.train.training import val_arguments
 
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
     model = YOLO(str(weights))
@@ -132,18 +132,5 @@ def evaluate_per_image(
         kept.append(v.records)
 
     model.add_callback("on_val_end", keep)
-    metrics = model.val(
-        validator=validator,
-        data=str(data),
-        split=split,
-        imgsz=imgsz,
-        batch=8,
-        device=device or evaluation_device(),
-        workers=0,
-        plots=False,
-        project=str(project),
-        name=name,
-        exist_ok=True,
-        verbose=False,
-    )
+    metrics = model.val(validator=validator, **val_arguments(data, split, imgsz, project, name, device))
     return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}, kept[-1]

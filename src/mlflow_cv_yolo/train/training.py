@@ -213,7 +213,13 @@ def evaluate(
     from ultralytics import YOLO
 
     logging.getLogger("ultralytics").setLevel(logging.WARNING)
-    metrics = YOLO(str(weights)).val(
+    metrics = YOLO(str(weights)).val(**val_arguments(data, split, imgsz, project, name, device))
+    return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}
+
+
+def val_arguments(data: Path, split: str, imgsz: int, project: Path, name: str, device: str | None) -> dict:
+    """ultralytics' `val` arguments of every evaluation the session makes."""
+    return dict(
         data=str(data),
         split=split,
         imgsz=imgsz,
@@ -226,4 +232,3 @@ def evaluate(
         exist_ok=True,
         verbose=False,
     )
-    return {"mAP50-95": float(metrics.box.map), "mAP50": float(metrics.box.map50)}
