@@ -10,8 +10,9 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.decide import promotion
+from mlflow_cv_yolo.decide import promotion, registry
 from mlflow_cv_yolo.decide.conclusion import Conclusion
+from mlflow_cv_yolo.decide.decision import Decision, skipped
 from mlflow_cv_yolo.decide.ledger import Ledger
 from mlflow_cv_yolo.decide.ranking import METRIC
 from mlflow_cv_yolo.handoff import SessionInfo
@@ -93,7 +94,7 @@ def conclude(settings: Settings, info: SessionInfo, ledger: Ledger, *, interrupt
         )
         _log_records(client, info, decision, (md, js), (files.html, files.markdown, files.review, *files.plots))
         if decision.outcome == "promoted":
-            promotion.move_alias(client, decision)
+            registry.move_alias(client, decision)
         ended = "KILLED" if interrupted else "FAILED" if decision.blocks_the_gate else "FINISHED"
     finally:
         client.set_terminated(info.parent_run_id, ended)
@@ -105,10 +106,10 @@ def conclude(settings: Settings, info: SessionInfo, ledger: Ledger, *, interrupt
     return Conclusion(decision, files.html, md, links(info, runs), counts=ledger.counts(), reused=reused)
 
 
-def _decide(client, s: Settings, info: SessionInfo, ledger: Ledger, runs, interrupted: bool) -> promotion.Decision:
+def _decide(client, s: Settings, info: SessionInfo, ledger: Ledger, runs, interrupted: bool) -> Decision:
     """The decision, with the candidate's version registered (not yet the alias)."""
     if not s.promote:
-        return promotion.skipped(info.session_id, runs, "--no-promote")
+        return skipped(info.session_id, runs, "--no-promote")
     completeness = ledger.completeness(
         {r.run_id: r.status for r in runs}, interrupted=interrupted, by_test={r.name: r.status for r in runs}
     )
@@ -134,7 +135,7 @@ def _decide(client, s: Settings, info: SessionInfo, ledger: Ledger, runs, interr
         **({"trained_by.session": decision.candidate_reused_from} if decision.candidate_reused_from else {}),
         "pretrained": str(info.pretrained).lower(),
     }
-    return promotion.register(
+    return registry.register(
         client,
         decision,
         registered_model=s.registered_model,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_cv_yolo.decide.promotion import GATE_STATS, Criteria
+from mlflow_cv_yolo.decide.decision import GATE_STATS, Criteria
 from mlflow_cv_yolo.train.grid import RunConfig, expand, load_grid
 from mlflow_cv_yolo.train.pruning import Pruning
 from mlflow_cv_yolo.train.ray_cluster import ExecutorSettings

@@ -13,7 +13,8 @@ from helpers import MICRO, run_suite, session_of, session_runs
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_cv_yolo.decide.promotion import Decision, promote
+from mlflow_cv_yolo.decide.decision import Decision
+from mlflow_cv_yolo.decide.registry import promote
 
 
 @pytest.fixture(scope="module")

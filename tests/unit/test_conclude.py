@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from mlflow_cv_yolo import conclude as conclude_module
-from mlflow_cv_yolo.decide import promotion
+from mlflow_cv_yolo.decide import promotion, registry
+from mlflow_cv_yolo.decide.decision import Decision
 from mlflow_cv_yolo.decide.ledger import Ledger
 from mlflow_cv_yolo.handoff import SessionInfo
 from mlflow_cv_yolo.runs.record import RunRecord
@@ -32,7 +33,7 @@ class FakeClient:
 @pytest.fixture
 def steps(monkeypatch, tmp_path):
     steps: list[str] = []
-    decision = promotion.Decision("promoted", "passes", "s1", candidate="imgsz64", candidate_run_id="r1")
+    decision = Decision("promoted", "passes", "s1", candidate="imgsz64", candidate_run_id="r1")
     fake = SimpleNamespace(
         MlflowClient=lambda uri: FakeClient(steps),
         end_running=lambda *a, **k: steps.append("end running"),
@@ -47,11 +48,11 @@ def steps(monkeypatch, tmp_path):
     monkeypatch.setattr(conclude_module, "tracking", fake)
     monkeypatch.setattr(promotion, "decide", lambda *a, **k: decision)
     monkeypatch.setattr(
-        promotion,
+        registry,
         "register",
         lambda client, d, **k: steps.append("register") or dataclasses.replace(d, version="3", alias=k["alias"]),
     )
-    monkeypatch.setattr(promotion, "move_alias", lambda client, d: steps.append(f"alias v{d.version} @{d.alias}"))
+    monkeypatch.setattr(registry, "move_alias", lambda client, d: steps.append(f"alias v{d.version} @{d.alias}"))
     return steps
 
 

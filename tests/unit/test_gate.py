@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from mlflow_cv_yolo.decide import bootstrap
-from mlflow_cv_yolo.decide.promotion import Criteria, Criterion, Decision, ci_criteria, failure_line
+from mlflow_cv_yolo.decide.decision import Criteria, Criterion, Decision, failure_line
+from mlflow_cv_yolo.decide.promotion import ci_criteria
 from mlflow_cv_yolo.settings import criteria_from
 
 INI = {"min_map": "0.25", "min_map_scratch": "0.0", "min_improvement": "0.0", "max_drop": "0.0", "gate_stat": "ci"}

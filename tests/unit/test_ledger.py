@@ -3,8 +3,8 @@ line, and which runs were reused."""
 
 from __future__ import annotations
 
+from mlflow_cv_yolo.decide.decision import Completeness
 from mlflow_cv_yolo.decide.ledger import Ledger
-from mlflow_cv_yolo.decide.promotion import Completeness
 
 
 def report(ledger: Ledger, test: str, *outcomes: str, **kwargs) -> None:

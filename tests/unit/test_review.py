@@ -12,7 +12,8 @@ from PIL import Image
 from report_samples import history, record, write
 
 from mlflow_cv_yolo.decide import bootstrap
-from mlflow_cv_yolo.decide.promotion import Criteria, Criterion, Decision, ci_criteria
+from mlflow_cv_yolo.decide.decision import Criteria, Criterion, Decision
+from mlflow_cv_yolo.decide.promotion import ci_criteria
 from mlflow_cv_yolo.present import review
 from mlflow_cv_yolo.train.per_image import save_records
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow_cv_yolo.decide.decision import Completeness
 from mlflow_cv_yolo.decide.ledger import Ledger
-from mlflow_cv_yolo.decide.promotion import Completeness
 from mlflow_cv_yolo.present.terminal import reopen_line
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow_cv_yolo.decide.promotion import Decision
+from mlflow_cv_yolo.decide.decision import Decision
 
 # Exit status of a session whose tracking stack could not start, or died and could
 # not be restarted (pytest's own statuses are 0-5).

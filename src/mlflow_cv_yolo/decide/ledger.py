@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlflow_cv_yolo.decide.promotion import Completeness
+from mlflow_cv_yolo.decide.decision import Completeness
 
 
 @dataclass

@@ -21,7 +21,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mlflow_cv_yolo.decide.promotion import delta_table
+from mlflow_cv_yolo.decide.decision import delta_table
 from mlflow_cv_yolo.decide.ranking import (
     METRIC,
     LevelEffect,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from mlflow_cv_yolo.decide.promotion import delta_table
+from mlflow_cv_yolo.decide.decision import delta_table
 from mlflow_cv_yolo.train.per_image import ImageRecord, load_records
 
 MARKER = "<!-- cv-yolo-review -->"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlflow_cv_yolo.decide.conclusion import STACK_FAILED, Conclusion
-from mlflow_cv_yolo.decide.promotion import failure_line
+from mlflow_cv_yolo.decide.decision import failure_line
 from mlflow_cv_yolo.handoff import SessionInfo
 from mlflow_cv_yolo.stack import StackInfo
 
