@@ -71,7 +71,7 @@ def test_a_failed_run_blocks_promotion_and_keeps_its_traceback(tmp_path, client,
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "fail_seed2.py").write_text(
-        "from mlflow_cv_yolo import training\n\n_train = training.train\n\n\n"
+        "from mlflow_cv_yolo.train import training\n\n_train = training.train\n\n\n"
         "def _boom(trainer):\n    raise RuntimeError('injected failure in training')\n\n\n"
         "def train(run, **kwargs):\n"
         "    if run.seed == 2:\n"
@@ -165,7 +165,7 @@ def test_an_interrupted_session_promotes_nothing_and_leaves_nothing_running(
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
     assert (
-        "decision: not promoted: incomplete session (0 of 1 runs finished; 1 not run; interrupted)"
+        "decision: not promoted: incomplete session (0 of 1 runs finished; 1 killed; interrupted)"
         in output.splitlines()
     )
     assert versions(client, model) == []
