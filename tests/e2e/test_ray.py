@@ -53,8 +53,11 @@ def results(client, session: str, names=("seed1", "seed2")) -> dict[str, dict[st
 
 @pytest.fixture(scope="module")
 def local_results(tmp_path_factory, client, stack_env, data_yaml):
-    """The grid trained by the local executor (in the test's process), as today."""
+    """The grid trained by the local executor, one thread a run as a Ray task of one
+    CPU trains (float sums over other thread counts round otherwise)."""
     result = run_suite(
+        "-n",
+        "2",
         "--data",
         str(data_yaml),
         *MICRO,

@@ -93,7 +93,8 @@ def reopen(client: MlflowClient, found: Interrupted, info: SessionInfo) -> None:
     run = client.get_run(found.run_id)
     earlier = [s for s in run.data.tags.get(TAG_RESUMED_FROM, "").split(",") if s]
     client.update_run(found.run_id, status="RUNNING")
-    for tag in (tracking.TAG_END, pruner.TAG_PRUNED):  # it trains on: neither says why it ended any more
+    # It trains on: no tag says why or where it ended any more.
+    for tag in (tracking.TAG_END, pruner.TAG_PRUNED, tracking.TAG_LAST_EPOCH, tracking.TAG_STOPPED_EARLY):
         if tag in run.data.tags:
             client.delete_tag(found.run_id, tag)
     was_pruned = run.data.tags.get(pruner.TAG_PRUNED)

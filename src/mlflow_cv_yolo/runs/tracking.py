@@ -43,6 +43,8 @@ TAG_SESSION = "suite.session"
 TAG_KIND = "suite.kind"  # "grid" for a configuration's run, "session" for the parent
 TAG_TEST = "suite.test_id"
 TAG_PRUNED = "suite.pruned"  # where successive halving stopped a run (runs/pruner.py)
+TAG_LAST_EPOCH = "suite.last_epoch"  # a run that stopped before its last epoch: where
+TAG_STOPPED_EARLY = "suite.stopped_early"  # and why (patience, a time limit)
 TAG_END = "suite.end_reason"  # why a run ended other than FINISHED by its own code
 # The experiment's kind, which MLflow 3's UI otherwise guesses (GenAI when it
 # sees no training runs). 3.17's UI picks the page it opens by its own GenAI /

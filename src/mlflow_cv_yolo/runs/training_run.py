@@ -26,8 +26,7 @@ from mlflow_cv_yolo.train.grid import RunConfig
 from mlflow_cv_yolo.train.pruning import Pruning
 
 # A run ultralytics ended before its last epoch (patience): the last epoch it trained, and why.
-TAG_LAST_EPOCH = "suite.last_epoch"
-TAG_STOPPED_EARLY = "suite.stopped_early"
+TAG_LAST_EPOCH, TAG_STOPPED_EARLY = tracking.TAG_LAST_EPOCH, tracking.TAG_STOPPED_EARLY
 
 REQUIRED_ARTIFACTS = (
     "results.csv",
