@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from mlflow_cv_yolo.decide import bootstrap, ranking
@@ -125,11 +127,9 @@ def decide(
             weights, data=data, imgsz=imgsz, split="test", project=work, name="candidate-test", device=device
         )
         evaluations["candidate-test"] = str(save_records(records, work / "candidate-test.npz"))
-        client.log_metric(candidate.run_id, "test/mAP50-95", test["mAP50-95"])
-        client.log_metric(candidate.run_id, "test/mAP50", test["mAP50"])
-        for key, value in bootstrap.figures(records, slices, names=names).items():
-            client.log_metric(candidate.run_id, key, value)
-            test[key.removeprefix("test/")] = value
+        test.update({k.removeprefix("test/"): v for k, v in bootstrap.figures(records, slices, names=names).items()})
+        now = int(time.time() * 1000)
+        client.log_batch(candidate.run_id, metrics=[Metric(f"test/{k}", float(v), now, 0) for k, v in test.items()])
     metrics = {
         **{k: v for k, v in candidate.metrics.items() if k.startswith("best/")},
         **{f"test/{k}": v for k, v in test.items()},
@@ -142,6 +142,13 @@ def decide(
         for r in runs
     ]
     base["table"] = tuple(ranking.runs_table(runs))
+    about = dict(
+        candidate=candidate.name,
+        candidate_run_id=candidate.run_id,
+        candidate_reused_from=candidate.reused_from,
+        metrics=metrics,
+        params=dict(candidate.params),
+    )
 
     champion_record = None
     champion = holder(client, registered_model, "production")
@@ -150,12 +157,8 @@ def decide(
         return Decision(
             "kept",
             f"{candidate.name} is {registered_model} v{champion.version} @production already: nothing registered",
-            candidate=candidate.name,
-            candidate_run_id=candidate.run_id,
-            candidate_reused_from=candidate.reused_from,
             criteria=tuple(checks),
-            metrics=metrics,
-            params=dict(candidate.params),
+            **about,
             **base,
         )
     if champion is None:
@@ -221,13 +224,9 @@ def decide(
     return Decision(
         outcome,
         reason,
-        candidate=candidate.name,
-        candidate_run_id=candidate.run_id,
-        candidate_reused_from=candidate.reused_from,
         criteria=tuple(checks),
-        metrics=metrics,
-        params=dict(candidate.params),
         champion=champion_record,
         evaluations=evaluations,
+        **about,
         **base,
     )
