@@ -32,6 +32,24 @@ def service_pid(state, name: str) -> int:
     return int((state / name / f"{name}.pid").read_text().split()[0])
 
 
+def training_on_a_local_stack(tmp_path, data_yaml, epochs: int):
+    """One run of `epochs` epochs on a local stack, returned once it trains."""
+    proc = start_suite(
+        "--stack", "local", "--data", str(data_yaml), *MICRO, "--set", f"epochs={epochs}", "--no-promote",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    output = Output(proc)
+    tracking_url(output, proc)
+    wait_for(
+        lambda: list((tmp_path / "runs").rglob("results.csv")),
+        timeout=300,
+        what="training under way",
+        proc=proc,
+        output=output,
+    )
+    return proc, output
+
+
 def test_a_killed_controller_is_cleaned_up_by_the_next_session(tmp_path, data_yaml):
     """kill -9 of the controller once two runs FINISHED: its workers die with it, the
     next session on the same stack folder stops what it left and marks its RUNNING runs
@@ -114,18 +132,7 @@ def test_stack_services_killed_mid_grid_are_restarted(tmp_path, data_yaml):
     each comes back on its port within seconds, said in one line, and the run finishes
     with every epoch and file."""
     state = tmp_path / "stack" / "local"
-    proc = start_suite(
-        "--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=12", "--no-promote", tmp_path=tmp_path
-    )
-    output = Output(proc)
-    tracking_url(output, proc)
-    wait_for(
-        lambda: list((tmp_path / "runs").rglob("results.csv")),
-        timeout=300,
-        what="training under way",
-        proc=proc,
-        output=output,
-    )
+    proc, output = training_on_a_local_stack(tmp_path, data_yaml, epochs=12)
     mlflow_leader = psutil.Process(service_pid(state, "mlflow"))
     uvicorn = next(p for p in mlflow_leader.children(recursive=True) if "uvicorn" in " ".join(p.cmdline()))
     for name, pid in (
@@ -155,18 +162,7 @@ def test_stack_services_killed_mid_grid_are_restarted(tmp_path, data_yaml):
 
 def test_a_stack_that_cannot_be_restarted_ends_the_session_within_a_minute(tmp_path, data_yaml):
     state = tmp_path / "stack" / "local"
-    proc = start_suite(
-        "--stack", "local", "--data", str(data_yaml), *MICRO, "--set", "epochs=40", "--no-promote", tmp_path=tmp_path
-    )
-    output = Output(proc)
-    tracking_url(output, proc)
-    wait_for(
-        lambda: list((tmp_path / "runs").rglob("results.csv")),
-        timeout=300,
-        what="training under way",
-        proc=proc,
-        output=output,
-    )
+    proc, output = training_on_a_local_stack(tmp_path, data_yaml, epochs=40)
     s3 = psutil.Process(service_pid(state, "s3"))
     port = next(c.laddr.port for c in s3.net_connections() if c.status == psutil.CONN_LISTEN)
     with socket.socket() as squatter:
