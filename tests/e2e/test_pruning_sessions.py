@@ -31,13 +31,17 @@ PRUNE = ("--prune", "asha", "--prune-min-epochs", "1", "--prune-eta", "2")
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def synthetic():
     if not (CHECKPOINT.is_file() and SYNTHETIC.is_file()):  # as tests/e2e/test_finetune.py builds them
         env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
         built = subprocess.run(
             [sys.executable, "-m", "dvc", "repro", "checkpoint"], cwd=REPO, env=env, capture_output=True, text=True
         )
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, synthetic):
     tmp = tmp_path_factory.mktemp("prune")
     args = ("--data", str(SYNTHETIC), "--model", str(CHECKPOINT), *GRID)
 
@@ -90,3 +94,21 @@ def test_a_session_without_prune_continues_the_pruned_run_into_the_same_run(chai
     assert re.search(r"\b2 passed\b", result.stdout), result.stdout[-2000:]
     reuse = "reuse: 1 of 2 configurations have a finished run with the same key (--rerun trains them again)"
     assert f"{reuse}; 1 pruned run continued" in result.stdout.splitlines(), result.stdout[-3000:]
+
+
+def test_with_the_ray_executor_the_bad_configuration_stops_at_the_rung_too(tmp_path, synthetic):
+    """The rule reads the other runs from MLflow, so a Ray task prunes as a local run does
+    (2 CPUs a run: one task at a time on this machine, good first, as above)."""
+    args = ("--data", str(SYNTHETIC), "--model", str(CHECKPOINT), *GRID, *PRUNE)
+    result = run_suite(*args, "--executor", "ray", "--cpus-per-run", "2", tmp_path=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'stack' / 'embedded' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cv_yolo_tiny").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], "tags.`suite.kind` = 'grid'")}
+    assert all("ray.worker_pid" in run.data.tags for run in runs.values())
+    assert {name: run.data.tags.get("suite.pruned", "").split(" ")[0] for name, run in runs.items()} == {
+        GOOD: "",
+        BAD: "rung=1",
+    }
+    assert float(runs[BAD].data.tags["suite.rung.1"]) < float(runs[GOOD].data.tags["suite.rung.1"])
+    assert re.search(r"\b1 passed, 1 skipped\b", result.stdout), result.stdout[-2000:]
