@@ -1,10 +1,11 @@
 """Benchmark: the grid trained in full, then with `--prune asha`, then finished later.
 
-    python bench/pruning.py --data data/synthetic.yaml --model data/weights/yolov8n-synthetic.pt \\
-        -- --set epochs=12 --set lr0=0.001,0.003,0.01,0.03,0.1,0.3 --set imgsz=64,128 --set seed=1,2
+    python bench/pruning.py --data data/heldout.yaml --model data/weights/yolov8n-synthetic.pt \\
+        --prune-min-epochs 2 --prune-eta 3 -- --set epochs=12 --set imgsz=64,96 \\
+        --set lr0=0.0003,0.001,0.003,0.01,0.03,0.1 --set seed=1,2 --set batch=8
 
 Three sessions, back to back on this machine, each on an embedded stack (SQLite) in a
-throwaway folder, with the same arguments after `--`:
+throwaway folder (`--keep DIR` keeps it), with the same arguments after `--`:
 
 1. full: every run trained for every epoch (stack A);
 2. pruned: the same with `--prune asha` and the --prune-* options given (stack B);
@@ -19,8 +20,9 @@ Read back from each stack's SQLite file once its session has ended, it reports:
 - decision: the best configuration by mean best/mAP50-95 over seeds among the runs
   that reached the final epoch, full vs pruned, and whether the pruned choice is the
   full one or within the full grid's seed spread of it;
-- finish: for every continued run, its final best/mAP50-95 minus the full grid's run
-  of the same test (0.0 on the CPU: the same seed gives the same numbers).
+- finish: the continued runs against the full grid's runs of the same tests: whether
+  their val mAP50-95 histories are identical, from which epoch they differ, and how far
+  apart the final epoch and best/mAP50-95 end, beside the full grid's seed spread.
 
 Results are appended to bench/out/pruning.jsonl.
 """
@@ -71,7 +73,7 @@ def runs(stack: Path) -> dict[str, dict]:
     )  # fmt: skip
     return {
         r.info.run_name: {
-            "epochs": len({m.step for m in client.get_metric_history(r.info.run_id, "mAP50-95")}),
+            "history": {m.step: m.value for m in client.get_metric_history(r.info.run_id, "mAP50-95")},
             "best": r.data.metrics.get("best/mAP50-95", float("nan")),
             "config": r.data.tags.get("suite.config", ""),
             "pruned": r.data.tags.get("suite.pruned"),
@@ -89,6 +91,36 @@ def by_config(table: dict[str, dict]) -> dict[str, list[float]]:
     return configs
 
 
+def finish_versus_full(finished: dict, full: dict, continued: list[str]) -> dict:
+    """How the continued runs end against the full grid's runs of the same tests, beside
+    the full grid's seed spread of the same figure (largest between seeds of a configuration)."""
+
+    def final(run: dict) -> float:
+        return run["history"][max(run["history"])]
+
+    last = {t: abs(final(finished[t]) - final(full[t])) for t in continued}
+    best = {t: abs(finished[t]["best"] - full[t]["best"]) for t in continued}
+    seeds: dict[str, list[float]] = {}
+    for run in full.values():
+        seeds.setdefault(run["config"], []).append(final(run))
+    return {
+        "epochs_complete": all(finished[t]["history"].keys() == full[t]["history"].keys() for t in continued),
+        "identical_histories": sum(finished[t]["history"] == full[t]["history"] for t in continued),
+        # Per continued run that differs: the first epoch whose val mAP50-95 is not the full grid's.
+        "first_different_epoch": {
+            t: min(e for e in full[t]["history"] if finished[t]["history"].get(e) != full[t]["history"][e])
+            for t in continued
+            if finished[t]["history"] != full[t]["history"]
+        },
+        "final_epoch_abs_diff": {
+            "median": round(statistics.median(last.values()), 4),
+            "max": round(max(last.values()), 4),
+        },
+        "best_abs_diff": {"median": round(statistics.median(best.values()), 4), "max": round(max(best.values()), 4)},
+        "final_epoch_seed_spread": round(max(max(v) - min(v) for v in seeds.values()), 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -96,6 +128,7 @@ def main() -> None:
     parser.add_argument("-n", "--workers", default="2")
     parser.add_argument("--prune-min-epochs", default=None)
     parser.add_argument("--prune-eta", default="3")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the stacks and runs in this folder")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="arguments for every session (after --)")
     args = parser.parse_args()
     common = ["--data", args.data, "-n", args.workers, *(["--model", args.model] if args.model else [])]
@@ -103,6 +136,7 @@ def main() -> None:
     prune = ["--prune", "asha", "--prune-eta", args.prune_eta]
     prune += ["--prune-min-epochs", args.prune_min_epochs] if args.prune_min_epochs else []
     with tempfile.TemporaryDirectory(prefix="prune-bench-") as tmp:
+        tmp = args.keep or tmp
         full_dir, pruned_dir = Path(tmp) / "full", Path(tmp) / "pruned"
         full_wall = session(full_dir, ["--rerun", "--no-resume", *common])
         full = runs(full_dir)
@@ -111,7 +145,10 @@ def main() -> None:
         finish_wall = session(pruned_dir, common)
         finished = runs(pruned_dir)
 
-    full_epochs, pruned_epochs = sum(r["epochs"] for r in full.values()), sum(r["epochs"] for r in pruned.values())
+    full_epochs, pruned_epochs = (
+        sum(len(r["history"]) for r in full.values()),
+        sum(len(r["history"]) for r in pruned.values()),
+    )
     full_configs = {c: statistics.fmean(v) for c, v in by_config(full).items()}
     pruned_configs = {c: statistics.fmean(v) for c, v in by_config(pruned).items()}
     noise = max((max(v) - min(v) for v in by_config(full).values()), default=0.0)
@@ -136,8 +173,7 @@ def main() -> None:
             "within_seed_noise": full_best == pruned_best or gap <= noise,
         },
         "pruned_runs": len(continued),
-        "finish_minus_full": {t: round(finished[t]["best"] - full[t]["best"], 6) for t in continued},
-        "finish_epochs_complete": all(finished[t]["epochs"] == full[t]["epochs"] for t in continued),
+        "finish": finish_versus_full(finished, full, continued),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / "pruning.jsonl", "a") as out:

@@ -47,6 +47,11 @@ def test_default_warm_up_is_ultralytics_own():
     from mlflow_cv_yolo.train.pruning import WARMUP_EPOCHS
 
     assert DEFAULT_CFG.warmup_epochs == WARMUP_EPOCHS
+    from ultralytics.engine.trainer import BaseTrainer
+
+    # Epochs, not iterations: warm-up ends after WARMUP_EPOCHS whatever the batches an epoch.
+    trainer = SimpleNamespace(args=SimpleNamespace(warmup_epochs=WARMUP_EPOCHS), epochs=12)
+    assert [BaseTrainer._get_warmup_iterations(trainer, nb) for nb in (5, 12)] == [15, 36]
 
 
 def test_fewer_than_eta_runs_at_the_rung_all_continue():
