@@ -80,26 +80,24 @@ def cpus(text: str) -> float:
     return value
 
 
-def epochs_count(text: str) -> int:
-    """--prune-min-epochs: the first rung, an integer epoch >= 1."""
+def _integer_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{text} is not an epoch >= 1")
+    if value < least:
+        raise ValueError(f"{text} is not {what} >= {least}")
     return value
+
+
+def epochs_count(text: str) -> int:
+    """--prune-min-epochs: the first rung, an integer epoch >= 1."""
+    return _integer_at_least(text, 1, "an epoch")
 
 
 def eta(text: str) -> int:
     """--prune-eta: the reduction factor, an integer >= 2 (1/eta of the runs go on at each rung)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an integer") from None
-    if value < 2:
-        raise ValueError(f"{text} is not an integer >= 2")
-    return value
+    return _integer_at_least(text, 2, "an integer")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,16 @@ MICRO = ("--set", "epochs=1", "--set", "imgsz=64", "--set", "lr0=0.01", "--set",
 FRESH = ("--rerun", "--no-resume")
 
 
+def dvc_repro(stage: str) -> None:
+    """`dvc repro STAGE` in the repository, with this venv first on PATH (a stage's
+    command calls `python` by name)."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    built = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", stage], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+
+
 def suite_command(*args: str, tmp_path: Path, reuse: bool = False) -> list[str]:
     """`python -m pytest experiments ARGS`, as a user runs it, with every folder the
     session writes moved under tmp_path; training every run afresh unless `reuse`."""

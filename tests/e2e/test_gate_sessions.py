@@ -9,14 +9,11 @@ regression on the gated size and slice rows (`medium`: 61 objects, `slice groups
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 
 import pytest
-from helpers import REPO, run_suite, session_of
+from helpers import REPO, dvc_repro, run_suite, session_of
 from mlflow.tracking import MlflowClient
 
 HELDOUT = REPO / "data" / "heldout.yaml"
@@ -27,11 +24,7 @@ SIZE = ("--set", "epochs=1", "--set", "imgsz=96", "--set", "seed=1", "--set", "b
 @pytest.fixture(scope="module")
 def challenged(tmp_path_factory, local_stack):
     if not HELDOUT.is_file():
-        env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-        built = subprocess.run(
-            [sys.executable, "-m", "dvc", "repro", "heldout_dataset"], cwd=REPO, env=env, capture_output=True, text=True
-        )
-        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        dvc_repro("heldout_dataset")
     tmp = tmp_path_factory.mktemp("gate")
     env = {"MLFLOW_TRACKING_URI": local_stack.tracking_uri}
     model = f"gate-{uuid.uuid4().hex[:6]}"
