@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO / "bench"))
-from stack_and_grid import _env, _pytest  # noqa: E402
+from stack_and_grid import _env, _folders, _pytest  # noqa: E402
 
 EXPERIMENT = "prune-bench"
 
@@ -49,8 +49,7 @@ EXPERIMENT = "prune-bench"
 def session(stack: Path, args: list[str]) -> float:
     """One session to its exit; returns its wall time (s)."""
     command = _pytest(
-        "--stack", "embedded", "--stack-dir", str(stack / "stack"), "--reports-dir", str(stack / "reports"),
-        "--runs-dir", str(stack / "runs"), "--experiment", EXPERIMENT, "--no-promote", *args,
+        "--stack", "embedded", *_folders(stack), "--experiment", EXPERIMENT, "--no-promote", *args,
     )  # fmt: skip
     start = time.monotonic()
     proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO / "bench"))
-from stack_and_grid import _env, _pytest  # noqa: E402
+from stack_and_grid import _env, _folders, _pytest  # noqa: E402
 
 
 def session(args: list[str]) -> dict:
@@ -70,12 +70,7 @@ def main() -> None:
         common = [
             "--stack",
             args.stack,
-            "--stack-dir",
-            f"{tmp}/stack",
-            "--reports-dir",
-            f"{tmp}/reports",
-            "--runs-dir",
-            f"{tmp}/runs",
+            *_folders(tmp),
             "-n",
             args.workers,
             *extra,

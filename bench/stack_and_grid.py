@@ -37,6 +37,11 @@ def _pytest(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", "experiments", "-p", "no:cacheprovider", *args]
 
 
+def _folders(root: str | Path) -> list[str]:
+    """The options that put a session's stack, reports and runs under `root`."""
+    return ["--stack-dir", f"{root}/stack", "--reports-dir", f"{root}/reports", "--runs-dir", f"{root}/runs"]
+
+
 def startup(providers: list[str]) -> dict:
     results = {}
     for kind in providers:

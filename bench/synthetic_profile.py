@@ -33,7 +33,7 @@ HELDOUT = REPO / "data" / "heldout.yaml"
 METRIC = "mAP50-95"
 AIM = 5.0
 sys.path.insert(0, str(REPO / "bench"))
-from stack_and_grid import _env, _pytest  # noqa: E402
+from stack_and_grid import _env, _folders, _pytest  # noqa: E402
 
 
 def ensure_heldout() -> None:
@@ -51,12 +51,7 @@ def session(tmp: str, stack: str, workers: str, extra: list[str]) -> tuple[dict,
         str(HELDOUT),
         "--stack",
         stack,
-        "--stack-dir",
-        f"{tmp}/stack",
-        "--reports-dir",
-        f"{tmp}/reports",
-        "--runs-dir",
-        f"{tmp}/runs",
+        *_folders(tmp),
         "--rerun",
         "--no-resume",
         "-n",
